@@ -1,0 +1,136 @@
+"""The volume engine: runs a 2D slice model over 3D volumes with exact geometry.
+
+reference + secondary inputs -> align secondaries to the reference grid -> reorient to canonical axial -> normalize ->
+batches of axial slices fitted to the model size -> model -> back to slice size -> reassemble -> stored voxel order.
+Only the inputs, one output array per channel and one batch are ever in memory, never slices x sampling steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..device import autocast, is_out_of_memory, release_cached_memory, resolve_device
+from ..errors import InputError
+from ..progress import CancelToken, ProgressCallback, report
+from .normalize import IntensityScaling
+from .orientation import AxialReorientation
+from .resample import align_to_reference
+from .slices import SliceFitter, slice_noise
+from .volume import Volume, validate_volume
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"
+    batch_size: int = 8
+    seed: int = 0
+    progress: Optional[ProgressCallback] = None
+    cancel: Optional[CancelToken] = None
+    mixed_precision: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class EngineInput:
+    volume: Volume
+    name: str
+    scaling: Optional[IntensityScaling] = None  # None: voxel values pass unchanged
+    fill: float = -1.0  # value of padding around a slice, in model units (background)
+
+
+@dataclass
+class SliceBatch:
+    """What a slice model sees: normalized slices (B, C, S, S) and enough context to draw per-slice noise."""
+
+    images: torch.Tensor
+    slice_indices: list[int]
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def randn(self, *shape: int, stream: int = 0, same_for_all_slices: bool = False) -> torch.Tensor:
+        """(B, *shape) standard normal noise; slice k always gets the same noise for a seed, whatever the batch.
+
+        same_for_all_slices draws one noise tensor per volume instead (e.g. one CDM representation per volume).
+        """
+        indices = [-1] * len(self.slice_indices) if same_for_all_slices else self.slice_indices
+        return slice_noise(tuple(shape), self.seed, indices, stream, self.device)
+
+
+SliceModel = Callable[[SliceBatch], torch.Tensor]
+
+
+def _prepare(inputs: Sequence[EngineInput]) -> tuple[AxialReorientation, list[np.ndarray]]:
+    reference = inputs[0].volume
+    axial_arrays = []
+    reorientation = AxialReorientation.for_volume(reference)
+    for item in inputs:
+        validate_volume(item.volume, item.name)
+        volume = align_to_reference(item.volume, reference, item.name)
+        values = volume.array if item.scaling is None else item.scaling.forward(volume.array)
+        axial_arrays.append(reorientation.apply(np.asarray(values, dtype=np.float32)))
+    return reorientation, axial_arrays
+
+
+def run_slicewise(
+    inputs: Sequence[EngineInput], slice_model: SliceModel, out_channels: int, model_size: Optional[int],
+    options: RunOptions,
+) -> np.ndarray:
+    """Run `slice_model` over every axial slice; returns (out_channels, k, j, i) float32 in the reference's voxel order.
+
+    Inputs after the first are resampled onto the first's grid when their grids differ (with a warning).
+    """
+    if not inputs:
+        raise ValueError("run_slicewise needs at least one input")
+    device = resolve_device(options.device)
+    reorientation, axial_arrays = _prepare(inputs)
+    n_slices, height, width = axial_arrays[0].shape
+    fitter = SliceFitter(height, width, model_size)
+    fills = torch.tensor([item.fill for item in inputs], dtype=torch.float32).view(1, -1, 1, 1)
+    output = np.empty((out_channels, n_slices, height, width), dtype=np.float32)
+
+    batch_size, start = options.batch_size, 0
+    report(options.progress, 0.0, f"slice 0/{n_slices}")
+    with torch.inference_mode():
+        while start < n_slices:
+            if options.cancel is not None:
+                options.cancel.raise_if_cancelled()
+            stop = min(start + batch_size, n_slices)
+            try:
+                result = _run_batch(axial_arrays, range(start, stop), fitter, fills, slice_model, device, options)
+            except RuntimeError as error:
+                if device.type != "cuda" or not is_out_of_memory(error):
+                    raise
+                release_cached_memory(device)
+                if batch_size == 1:
+                    raise InputError("the GPU ran out of memory even for one slice; free GPU memory or use --device cpu") from None
+                batch_size //= 2  # halve and retry the same slices
+                continue
+            if result.shape[1] != out_channels:
+                raise RuntimeError(f"slice model returned {result.shape[1]} channels, expected {out_channels}")
+            output[:, start:stop] = result.transpose(1, 0, 2, 3)
+            start = stop
+            report(options.progress, start / n_slices, f"slice {start}/{n_slices}")
+    if options.cancel is not None:
+        options.cancel.raise_if_cancelled()
+    return np.stack([reorientation.invert(channel) for channel in output]).astype(np.float32, copy=False)
+
+
+def _run_batch(axial_arrays, indices, fitter, fills, slice_model, device, options) -> np.ndarray:
+    stacked = np.stack([array[indices.start:indices.stop] for array in axial_arrays], axis=1)
+    slices = fitter.to_model(torch.from_numpy(stacked), fill=0.0)
+    if fitter.size is not None:
+        # Padding carries each channel's own background value (F.pad takes one value for all channels).
+        pad_mask = fitter.to_model(torch.ones_like(torch.from_numpy(stacked[:, :1])), fill=0.0) == 0
+        slices = torch.where(pad_mask, fills.expand_as(slices), slices)
+    batch = SliceBatch(slices.to(device), list(indices), options.seed, device)
+    with autocast(device, options.mixed_precision):
+        result = slice_model(batch)
+    result = fitter.from_model(result.float()).cpu().numpy()
+    return result
