@@ -70,9 +70,10 @@ class Decoder(nn.Module):
                   SelfAttention(previous, 1) if mid_attention else nn.Identity(), ResBlock(previous, previous)]
         for level in reversed(range(len(widths))):
             layers.append(Stage(previous, widths[level], num_res_blocks))
-            if level > 0:
-                layers.append(Upsample(widths[level]))
             previous = widths[level]
+            if level > 0:  # the upsampling conv already narrows to the next level: full-resolution convs dominate
+                layers.append(Upsample(previous, widths[level - 1]))
+                previous = widths[level - 1]
         layers += [group_norm(previous), nn.SiLU(), nn.Conv2d(previous, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
