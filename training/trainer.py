@@ -1,0 +1,468 @@
+"""The one trainer every method uses: TrainConfig + Trainer(recipe, config).fit().
+
+It owns seeding, device and process group, data order, optimizer, LR schedule, AMP, gradient clipping, EMA,
+logging, time budget and checkpoints. Resuming restores every piece of state that affects the numbers (weights,
+optimizer, scheduler, scaler, EMA, each rank's RNG streams, the loss generator and the position in the epoch),
+so k steps + resume to N gives the same weights as N steps straight (CPU, num_workers=0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from MedDiffusionExtension.errors import InputError
+
+from .checkpoint import (
+    capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
+    save_checkpoint,
+)
+from .distributed import (
+    DistContext, any_rank, barrier, broadcast_from_main, gather_objects, init_distributed, mean_over_ranks, shutdown,
+)
+from .ema import build_ema
+from .logs import RunLogger
+from .recipes import Recipe
+from .schedules import SCHEDULES, build_scheduler
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = field(metadata={"help": "folder for checkpoints, logs and TensorBoard events"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer updates to reach (counted across resumes)"})
+    time_budget: float | None = field(
+        default=None, metadata={"help": "seconds this invocation may run; then it checkpoints and stops"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "items per process per step"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=0.0, metadata={"help": "floor the linear/cosine decay ends at"})
+    weight_decay: float = 0.0
+    optimizer: str = field(default="adamw", metadata={"help": "adam | adamw"})
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up updates"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant | linear | cosine"})
+    schedule_steps: int | None = field(
+        default=None, metadata={"help": "length of the LR decay (default: max_steps)"}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0: off)"})
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay per update (0: no EMA)"})
+    amp: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16"})
+    seed: int = 0
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank"})
+    log_every: int = field(default=10, metadata={"help": "steps between log rows"})
+    ckpt_every: int = field(default=1000, metadata={"help": "steps between checkpoints (one is always written at the end)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept (0: all)"})
+    val_every: int = field(default=0, metadata={"help": "steps between validation losses (0: off)"})
+    val_batches: int = field(default=8, metadata={"help": "batches per validation"})
+    resume: str | None = field(default=None, metadata={"help": "checkpoint path, or 'auto' for the latest in out_dir"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_steps >= 0, "--max-steps must be >= 0"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
+            (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)"),
+            (self.grad_clip >= 0, "--grad-clip must be >= 0"),
+            (self.log_every >= 1 and self.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
+            (self.warmup_steps >= 0 and self.num_workers >= 0, "--warmup-steps and --num-workers must be >= 0"),
+            (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0 seconds"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path | None
+    stopped_by: str  # "max_steps" or "time_budget"
+    wall_seconds: float
+
+
+class _RecipeLoss(nn.Module):
+    """Model and recipe loss as one module, so DistributedDataParallel's forward sees every use of the parameters."""
+
+    def __init__(self, recipe: Recipe, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+
+    def forward(self, batch: Any, generator: torch.Generator):
+        return self.recipe.loss(self.model, batch, generator)
+
+
+class _ResumableSampler(DistributedSampler):
+    """DistributedSampler (seeded shuffle per epoch) that can start an epoch part-way, after the consumed items."""
+
+    start_index = 0
+
+    def set_position(self, epoch: int, start_index: int) -> None:
+        self.set_epoch(epoch)
+        self.start_index = start_index
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start_index, None)
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.start_index)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, None for full precision."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _stream_seed(*parts: int) -> int:
+    """One 63-bit seed per (seed, rank, ...) so that ranks and epochs draw independent streams."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**63)
+    return value
+
+
+class Trainer:
+    """Trainer(recipe, config).fit() -> TrainResult. After fit, .model, .ema, .optimizer, .scheduler stay inspectable."""
+
+    def __init__(self, recipe: Recipe, config: TrainConfig, command: str | None = None):
+        config.validate()
+        self.recipe = recipe
+        self.config = config
+        self.command = command or shlex.join([Path(sys.executable).name, *sys.argv])
+        self.out_dir = Path(config.out_dir)
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self._wall_before = 0.0  # wall seconds of earlier invocations of this run
+        self._saved_step: int | None = None
+        self._iterator = None
+        self.model: nn.Module | None = None
+        self.ema = None
+        self.logger: RunLogger | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        resume = self.config.resume
+        if not resume:
+            return None
+        path = latest_checkpoint(self.out_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            return None  # 'auto' on a fresh out dir starts from scratch
+        state = load_checkpoint(path)
+        self.resumed_from = path
+        if state["recipe"]["name"] != self.recipe.name:
+            raise InputError(f"{path} was trained with recipe {state['recipe']['name']!r}; pass --recipe {state['recipe']['name']}")
+        saved = state["recipe"]["config"]
+        changed = sorted(k for k in saved if k in self.recipe.config and saved[k] != self.recipe.config[k])
+        if changed and self.ctx.is_main:
+            warnings.warn(f"resuming with recipe options changed from the checkpoint: {', '.join(changed)}", stacklevel=3)
+        # Values measured by on_start on the first run live only in the checkpoint's config.
+        self.recipe.config.update({k: v for k, v in saved.items() if k not in self.recipe.config})
+        return state
+
+    def _build_data(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        dataset = self.recipe.train_dataset()
+        self.data_description = self.recipe.describe_data(dataset)
+        self.sampler = _ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+        # The loader's own generator (reseeded per epoch) keeps iterator creation off the global RNG.
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True, num_workers=cfg.num_workers,
+            collate_fn=self.recipe.collate_fn, pin_memory=ctx.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0, generator=self.loader_generator,
+        )
+        self.batches_per_epoch = len(self.loader)
+        if self.batches_per_epoch == 0:
+            raise InputError(
+                f"training set has {len(dataset)} items, too few for batch size {cfg.batch_size} x {ctx.world_size} "
+                "process(es); lower --batch-size or add data"
+            )
+        val = self.recipe.val_dataset() if cfg.val_every else None
+        self.val_loader = None
+        if val is not None and len(val):
+            val_sampler = DistributedSampler(val, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+            self.val_loader = DataLoader(
+                val, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.num_workers,
+                collate_fn=self.recipe.collate_fn,
+            )
+
+    def _setup(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        seed_everything(cfg.seed)  # same on every rank: identical initial weights
+        state = self._resume_state()
+
+        model = self.recipe.build_model().to(ctx.device)
+        trainable = list(self.recipe.trainable_parameters(model))
+        if not trainable:
+            raise InputError(f"recipe {self.recipe.name} leaves no trainable parameters")
+        chosen = {id(p) for p in trainable}
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in chosen)
+        model.train()
+        self.model, self.trainable = model, trainable
+        self._build_data()
+
+        if state is None:
+            measured = self.recipe.on_start(model, self.loader)
+            self.recipe.config.update(broadcast_from_main(ctx, measured or {}))
+        # DDP broadcasts rank 0's parameters and buffers, including any set by on_start.
+        loss_module = _RecipeLoss(self.recipe, model)
+        self.train_module = (
+            DistributedDataParallel(loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            if ctx.distributed else loss_module
+        )
+
+        optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.schedule_steps or cfg.max_steps, base_lr=cfg.lr, min_lr=cfg.min_lr,
+        )
+        self.amp_dtype = resolve_amp(cfg.amp, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = build_ema(model, cfg.ema_decay)
+        self.generator = torch.Generator(device=ctx.device)
+
+        if state is None:
+            # Per-rank streams: ranks must not draw the same noise or dropout masks.
+            seed_everything(_stream_seed(cfg.seed, ctx.rank, 1))
+            self.generator.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
+        else:
+            self._load_state(state)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        ctx = self.ctx
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            elif ctx.is_main:
+                warnings.warn("checkpoint has no EMA; the EMA starts from the resumed weights", stacklevel=3)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self._wall_before = float(state["wall_seconds"])
+        self._saved_step = self.step
+        position = state["data_position"]
+        consumed = position["batches_in_epoch"] * position["batch_size"] * position["world_size"]
+        # Same per-step global batch: exact; otherwise the nearest batch boundary of the new layout.
+        self.batches_in_epoch = consumed // (self.config.batch_size * ctx.world_size)
+        if state["world_size"] == ctx.world_size:
+            restore_rng_state(state["rng"][ctx.rank], self.generator, ctx.device)
+        else:
+            if ctx.is_main:
+                warnings.warn(
+                    f"checkpoint was written by {state['world_size']} process(es), this run has {ctx.world_size}: "
+                    "RNG streams are reseeded, so the run continues but is not bit-identical", stacklevel=3,
+                )
+            seed_everything(_stream_seed(self.config.seed, ctx.rank, 1, self.step))
+            self.generator.manual_seed(_stream_seed(self.config.seed, ctx.rank, 2, self.step))
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+
+    def _next_batch(self) -> Any:
+        while True:
+            if self._iterator is None:
+                self.sampler.set_position(self.epoch, self.batches_in_epoch * self.config.batch_size)
+                self.loader_generator.manual_seed(_stream_seed(self.config.seed, self.ctx.rank, 3, self.epoch))
+                self._iterator = iter(self.loader)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self.epoch, self.batches_in_epoch, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.batches_in_epoch += 1
+            return batch
+
+    def _autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = to_device(batch, self.ctx.device)
+        with self._autocast():
+            loss, metrics = self.train_module(batch, self.generator)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip or math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach().float(), metrics, grad_norm.detach().float()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def _log_window(self, window: dict[str, list]) -> None:
+        if not window["loss"]:
+            return
+        names = sorted(window)
+        means = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in window[n]]).mean() for n in names])
+        means = mean_over_ranks(self.ctx, means).cpu().tolist()
+        values = dict(zip(names, means))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"loss is not finite at step {self.step} ({values}); lower --lr or use --amp off")
+        row = {
+            "loss": values.pop("loss"),
+            "lr": self.scheduler.get_last_lr()[0],
+            "items": self.step * self.config.batch_size * self.ctx.world_size,
+            "seconds": round(self._wall_before + self._elapsed(), 3),
+            "grad_norm": values.pop("grad_norm"),
+            **values,
+        }
+        self.logger.log("train", self.step, row)
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}")
+        for values_list in window.values():
+            values_list.clear()
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean recipe loss over up to val_batches validation batches (EMA weights when on), with fixed noise."""
+        if self.val_loader is None:
+            return None
+        model = self.ema.module if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(device=self.ctx.device).manual_seed(_stream_seed(self.config.seed, self.ctx.rank, 4))
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        # fork_rng: dropout-free eval should not draw, but a recipe might; training streams must not move.
+        with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
+            for batch in itertools.islice(self.val_loader, self.config.val_batches):
+                with self._autocast():
+                    loss, _ = self.recipe.loss(model, to_device(batch, self.ctx.device), generator)
+                total += loss.detach().double().cpu()
+                count += 1
+        model.train(was_training)
+        mean = mean_over_ranks(self.ctx, torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]))
+        value = float(mean[0] / max(mean[1].item(), 1))
+        self.logger.log("val", self.step, {"loss": value})
+        return value
+
+    def save(self) -> Path:
+        """Checkpoint now (a collective: every rank contributes its RNG state; rank 0 writes)."""
+        ctx = self.ctx
+        rng = gather_objects(ctx, capture_rng_state(self.generator, ctx.device))
+        path = checkpoint_path(self.out_dir, self.step)
+        if ctx.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "data_position": {
+                    "batches_in_epoch": self.batches_in_epoch,
+                    "batch_size": self.config.batch_size,
+                    "world_size": ctx.world_size,
+                },
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "recipe": {"name": self.recipe.name, "config": self.recipe.config},
+                "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.config).items()},
+                "command": self.command,
+                "world_size": ctx.world_size,
+                "device": str(ctx.device) if ctx.device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(ctx.device)})",
+                "data": self.data_description,
+                "wall_seconds": self._wall_before + self._elapsed(),
+            }
+            save_checkpoint(state, path)
+            prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
+        barrier(ctx)
+        self._saved_step = self.step
+        return path
+
+    def _stop_reason(self) -> str | None:
+        if self.step >= self.config.max_steps:
+            return "max_steps"
+        over_budget = self.config.time_budget is not None and self._elapsed() > self.config.time_budget
+        return "time_budget" if any_rank(self.ctx, over_budget) else None
+
+    def fit(self) -> TrainResult:
+        self._start = time.monotonic()
+        self.ctx: DistContext = init_distributed(self.config.device)
+        self.progress = None
+        try:
+            self._setup()
+            cfg = self.config
+            self.logger = RunLogger(self.out_dir, enabled=self.ctx.is_main, resume_step=self.step)
+            if self.ctx.is_main and cfg.progress:
+                self.progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.recipe.name}", dynamic_ncols=True)
+            window: dict[str, list] = {"loss": [], "grad_norm": []}
+            checkpoint = None
+            while (stopped_by := self._stop_reason()) is None:
+                loss, metrics, grad_norm = self._train_step(self._next_batch())
+                self.step += 1
+                window["loss"].append(loss)
+                window["grad_norm"].append(grad_norm)
+                for name, value in metrics.items():
+                    window.setdefault(name, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
+                if self.progress is not None:
+                    self.progress.update(1)
+                if self.step % cfg.log_every == 0:
+                    self._log_window(window)
+                if cfg.val_every and self.step % cfg.val_every == 0:
+                    self.validate()
+                if self.step % cfg.ckpt_every == 0:
+                    checkpoint = self.save()
+            self._log_window(window)
+            if self._saved_step != self.step:
+                checkpoint = self.save()
+            elif checkpoint is None:
+                checkpoint = getattr(self, "resumed_from", None)  # resumed at max_steps: nothing new to write
+            return TrainResult(self.step, checkpoint, stopped_by, self._wall_before + self._elapsed())
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            if self.logger is not None:
+                self.logger.close()
+            shutdown(self.ctx)
