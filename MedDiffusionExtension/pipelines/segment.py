@@ -15,7 +15,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import InputError
-from ..volume import Volume, scaling_from_card
+from ..volume import Volume, scaling_from_card, validate_volume
 from ..volume.engine import EngineInput, RunOptions, SliceBatch, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler
@@ -39,6 +39,7 @@ def segment(
         raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
+    validate_volume(image, "CT")
     device = resolve_device(options.device)
     network = build_network(loaded, device)
     sampling = card.data["sampling"]
@@ -53,7 +54,7 @@ def segment(
         probability = torch.zeros((batch.images.shape[0], 1, *batch.images.shape[2:]), device=batch.images.device)
         for sample in range(samples):
             z_t = batch.randn(*condition.shape[1:], stream=sample)
-            denoise = lambda z, t: network.denoiser(torch.cat([z, condition], dim=1), t)  # noqa: E731
+            denoise = lambda z, t: network.predict_noise(z, t, condition)  # noqa: E731
             if single_step:
                 t = torch.full((z_t.shape[0],), last_t, dtype=torch.long, device=z_t.device)
                 latent = sampler.single_step_x0(denoise(z_t, t), last_t, z_t, prediction_type)

@@ -12,7 +12,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import InputError
-from ..volume import Volume, scaling_from_card
+from ..volume import Volume, scaling_from_card, validate_volume
 from ..volume.engine import EngineInput, RunOptions, SliceBatch, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler
@@ -40,6 +40,8 @@ def translate(
         raise InputError(f"model {card.name!r} cannot synthesize {', '.join(unknown)}; it makes {', '.join(available)}")
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
+    validate_volume(t1, "T1")
+    validate_volume(t2, "T2")
     device = resolve_device(options.device)
     network = build_network(loaded, device)
     sampler = make_sampler(card.data["sampling"], steps)
@@ -50,7 +52,7 @@ def translate(
         EngineInput(t1, "T1", scaling_from_card(normalization, t1.array)),
         EngineInput(t2, "T2", scaling_from_card(normalization, t2.array)),
     ]
-    representation_dim = network.mdn.dim
+    representation_dim = network.mdn.representation_dim
 
     def slice_model(batch: SliceBatch) -> torch.Tensor:
         syntheses = []

@@ -66,7 +66,8 @@ class SliceBatch:
 SliceModel = Callable[[SliceBatch], torch.Tensor]
 
 
-def _prepare(inputs: Sequence[EngineInput]) -> tuple[AxialReorientation, list[np.ndarray]]:
+def prepare_axial(inputs: Sequence[EngineInput]) -> tuple[AxialReorientation, list[np.ndarray]]:
+    """Validated, reference-aligned, normalized inputs as canonical axial (k, j, i) arrays (shared with training)."""
     reference = inputs[0].volume
     axial_arrays = []
     reorientation = AxialReorientation.for_volume(reference)
@@ -89,10 +90,10 @@ def run_slicewise(
     if not inputs:
         raise ValueError("run_slicewise needs at least one input")
     device = resolve_device(options.device)
-    reorientation, axial_arrays = _prepare(inputs)
+    reorientation, axial_arrays = prepare_axial(inputs)
     n_slices, height, width = axial_arrays[0].shape
     fitter = SliceFitter(height, width, model_size)
-    fills = torch.tensor([item.fill for item in inputs], dtype=torch.float32).view(1, -1, 1, 1)
+    fills = [item.fill for item in inputs]
     output = np.empty((out_channels, n_slices, height, width), dtype=np.float32)
 
     batch_size, start = options.batch_size, 0
@@ -124,12 +125,7 @@ def run_slicewise(
 
 def _run_batch(axial_arrays, indices, fitter, fills, slice_model, device, options) -> np.ndarray:
     stacked = np.stack([array[indices.start:indices.stop] for array in axial_arrays], axis=1)
-    slices = fitter.to_model(torch.from_numpy(stacked), fill=0.0)
-    if fitter.size is not None:
-        # Padding carries each channel's own background value (F.pad takes one value for all channels).
-        pad_mask = fitter.to_model(torch.ones_like(torch.from_numpy(stacked[:, :1])), fill=0.0) == 0
-        slices = torch.where(pad_mask, fills.expand_as(slices), slices)
-    batch = SliceBatch(slices.to(device), list(indices), options.seed, device)
+    batch = SliceBatch(fitter.to_model_per_channel(torch.from_numpy(stacked), fills).to(device), list(indices), options.seed, device)
     with autocast(device, options.mixed_precision):
         result = slice_model(batch)
     result = fitter.from_model(result.float()).cpu().numpy()

@@ -38,12 +38,22 @@ class SliceFitter:
         top, left = (self.size - h) // 2, (self.size - w) // 2
         return left, self.size - w - left, top, self.size - h - top
 
-    def to_model(self, slices: torch.Tensor, fill: float) -> torch.Tensor:
+    def to_model(self, slices: torch.Tensor, fill: float, mode: str = "area") -> torch.Tensor:
+        """mode: "area" for intensities, "nearest-exact" for label maps (label values must not be averaged)."""
         if self.size is None:
             return slices
         if self.scale < 1.0:
-            slices = F.interpolate(slices, size=self.resized_shape, mode="area")
+            slices = F.interpolate(slices, size=self.resized_shape, mode=mode)
         return F.pad(slices, self._padding(), value=fill)
+
+    def to_model_per_channel(self, slices: torch.Tensor, fills: list[float]) -> torch.Tensor:
+        """to_model with each channel padded by its own background value (F.pad takes one value for all)."""
+        if self.size is None:
+            return slices
+        fitted = self.to_model(slices, fill=0.0)
+        outside = self.to_model(torch.ones_like(slices[:, :1]), fill=0.0) == 0
+        background = torch.tensor(fills, dtype=fitted.dtype).view(1, -1, 1, 1).expand_as(fitted)
+        return torch.where(outside, background, fitted)
 
     def from_model(self, output: torch.Tensor) -> torch.Tensor:
         if self.size is None:
