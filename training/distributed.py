@@ -49,6 +49,8 @@ def init_distributed(device_name: str = "auto") -> DistContext:
             raise InputError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s); lower --nproc_per_node")
         device = torch.device("cuda", local_rank)
     if device.type == "cuda":
+        # An explicit index: DDP's device_ids, set_device and the RNG state all need one.
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "mps":

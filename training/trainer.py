@@ -166,6 +166,8 @@ def _stream_seed(*parts: int) -> int:
 class Trainer:
     """Trainer(recipe, config).fit() -> TrainResult. After fit, .model, .ema, .optimizer, .scheduler stay inspectable."""
 
+    clock = staticmethod(time.monotonic)  # replaceable so tests can drive the time budget deterministically
+
     def __init__(self, recipe: Recipe, config: TrainConfig, command: str | None = None):
         config.validate()
         self.recipe = recipe
@@ -179,6 +181,7 @@ class Trainer:
         self._saved_step: int | None = None
         self._iterator = None
         self.model: nn.Module | None = None
+        self.resumed_from: Path | None = None
         self.ema = None
         self.logger: RunLogger | None = None
 
@@ -205,7 +208,13 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, ctx = self.config, self.ctx
+        # Rank 0 first: datasets may build an on-disk cache, which must be written once and then only read.
+        if not ctx.is_main:
+            barrier(ctx)
         dataset = self.recipe.train_dataset()
+        val = self.recipe.val_dataset() if cfg.val_every else None
+        if ctx.is_main:
+            barrier(ctx)
         self.data_description = self.recipe.describe_data(dataset)
         self.sampler = _ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         # The loader's own generator (reseeded per epoch) keeps iterator creation off the global RNG.
@@ -221,7 +230,6 @@ class Trainer:
                 f"training set has {len(dataset)} items, too few for batch size {cfg.batch_size} x {ctx.world_size} "
                 "process(es); lower --batch-size or add data"
             )
-        val = self.recipe.val_dataset() if cfg.val_every else None
         self.val_loader = None
         if val is not None and len(val):
             val_sampler = DistributedSampler(val, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
@@ -252,7 +260,10 @@ class Trainer:
         # DDP broadcasts rank 0's parameters and buffers, including any set by on_start.
         loss_module = _RecipeLoss(self.recipe, model)
         self.train_module = (
-            DistributedDataParallel(loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            DistributedDataParallel(
+                loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=self.recipe.find_unused_parameters,
+            )
             if ctx.distributed else loss_module
         )
 
@@ -265,7 +276,8 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = build_ema(model, cfg.ema_decay)
-        self.generator = torch.Generator(device=ctx.device)
+        # On the CPU whatever the device: recipes draw noise there and move it (the same stream on CPU and GPU).
+        self.generator = torch.Generator()
 
         if state is None:
             # Per-rank streams: ranks must not draw the same noise or dropout masks.
@@ -328,6 +340,7 @@ class Trainer:
         batch = to_device(batch, self.ctx.device)
         with self._autocast():
             loss, metrics = self.train_module(batch, self.generator)
+        self._lr_used = self.optimizer.param_groups[0]["lr"]
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip or math.inf)
@@ -339,7 +352,7 @@ class Trainer:
         return loss.detach().float(), metrics, grad_norm.detach().float()
 
     def _elapsed(self) -> float:
-        return time.monotonic() - self._start
+        return self.clock() - self._start
 
     def _log_window(self, window: dict[str, list]) -> None:
         if not window["loss"]:
@@ -352,7 +365,7 @@ class Trainer:
             raise FloatingPointError(f"loss is not finite at step {self.step} ({values}); lower --lr or use --amp off")
         row = {
             "loss": values.pop("loss"),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self._lr_used,  # the rate of the update just made, not of the next one
             "items": self.step * self.config.batch_size * self.ctx.world_size,
             "seconds": round(self._wall_before + self._elapsed(), 3),
             "grad_norm": values.pop("grad_norm"),
@@ -372,7 +385,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         was_training = model.training
         model.eval()
-        generator = torch.Generator(device=self.ctx.device).manual_seed(_stream_seed(self.config.seed, self.ctx.rank, 4))
+        generator = torch.Generator().manual_seed(_stream_seed(self.config.seed, self.ctx.rank, 4))
         total, count = torch.zeros((), dtype=torch.float64), 0
         # fork_rng: dropout-free eval should not draw, but a recipe might; training streams must not move.
         with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
@@ -428,7 +441,7 @@ class Trainer:
         return "time_budget" if any_rank(self.ctx, over_budget) else None
 
     def fit(self) -> TrainResult:
-        self._start = time.monotonic()
+        self._start = self.clock()
         self.ctx: DistContext = init_distributed(self.config.device)
         self.progress = None
         try:
@@ -458,7 +471,7 @@ class Trainer:
             if self._saved_step != self.step:
                 checkpoint = self.save()
             elif checkpoint is None:
-                checkpoint = getattr(self, "resumed_from", None)  # resumed at max_steps: nothing new to write
+                checkpoint = self.resumed_from  # resumed at max_steps: nothing new to write
             return TrainResult(self.step, checkpoint, stopped_by, self._wall_before + self._elapsed())
         finally:
             if self.progress is not None:

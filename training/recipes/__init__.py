@@ -1,8 +1,9 @@
 """Recipes: what a method plugs into the one trainer (model, data, loss, card), and the registry that names them.
 
 A recipe never touches devices, optimizers, DDP or checkpoints; the trainer does. `loss` receives the bare model
-(the trainer runs it inside DistributedDataParallel's forward, so every parameter use is seen there) and a
-torch.Generator owned and checkpointed by the trainer: draw all training noise from it for exact resume.
+(the trainer runs it inside DistributedDataParallel's forward, so every parameter use is seen there) and a CPU
+torch.Generator owned and checkpointed by the trainer: draw all training noise from it (on the CPU, then move it to
+the batch's device) for exact resume.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Recipe:
     """Base class. Subclasses set `defaults` (every option they accept) and implement build_model, train_dataset, loss."""
 
     defaults: ClassVar[dict[str, Any]] = {}
+    # Set when some trainable parameters sit out a step (multi-process runs need DDP told so; it costs a graph walk).
+    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, name: str | None = None, check_keys: bool = True):
         config = dict(config or {})

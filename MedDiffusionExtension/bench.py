@@ -1,0 +1,188 @@
+"""`meddiffusion bench`: speed and memory of the bundled models on phantom-sized volumes, on this machine.
+
+Each measurement runs in its own Python process so that its peak RSS is its own. Numbers go to a JSON file and a
+Markdown table (docs/benchmarks.md); nothing here is asserted: benchmarks are measurements, not tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TASKS = ("engine_overhead", "cdm_volume", "cdm_parts", "sdseg_volume", "sdseg_steps", "sdseg_large")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _brain_like(shape, seed=0) -> np.ndarray:
+    """A smooth positive head-like volume with zero background (phantom generators make better ones; speed only)."""
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    inside = (k / 0.8) ** 2 + (j / 0.9) ** 2 + (i / 0.75) ** 2 < 1
+    rng = np.random.default_rng(seed)
+    return np.where(inside, 300 + 100 * np.cos(6 * i) * np.sin(5 * j) + rng.normal(0, 10, shape), 0).astype(np.float32)
+
+
+def _ct_like(shape, dtype=np.float32, seed=0) -> np.ndarray:
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    body = (j / 0.7) ** 2 + (i / 0.9) ** 2 < 1
+    organ = ((j + 0.1) / 0.3) ** 2 + ((i + 0.3) / 0.35) ** 2 < 1
+    rng = np.random.default_rng(seed)
+    array = np.where(body, np.where(organ, 60.0, 20.0), -1000.0) + rng.normal(0, 15, shape)
+    return array.astype(dtype)
+
+
+def _write(array, spacing, path):
+    from .volume import Volume, write_volume
+
+    return write_volume(Volume(array, np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])), path)
+
+
+def _time(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def task_engine_overhead(device: str) -> dict:
+    from .volume import Volume
+    from .volume.engine import EngineInput, RunOptions, run_slicewise
+    from .volume.normalize import fit_mri_scaling
+
+    array = _brain_like((155, 240, 240))
+    volume = Volume(array, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    inputs = [EngineInput(volume, "T1", fit_mri_scaling(array)), EngineInput(volume, "T2", fit_mri_scaling(array))]
+    seconds, _ = _time(run_slicewise, inputs, lambda b: b.images, 2, 256, RunOptions(device=device, batch_size=8))
+    return {"volume": "240x240x155, 2 inputs, identity model, padded to 256", "seconds": seconds,
+            "ms_per_slice": 1000 * seconds / 155}
+
+
+def task_cdm_volume(device: str) -> dict:
+    from .cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t1 = _write(_brain_like((155, 240, 240)), (1, 1, 1), Path(tmp) / "t1.nii.gz")
+        t2 = _write(_brain_like((155, 240, 240), seed=1), (1, 1, 1), Path(tmp) / "t2.nii.gz")
+        seconds, code = _time(main, ["translate", "--t1", str(t1), "--t2", str(t2), "--out-dir", f"{tmp}/out",
+                                     "--device", device, "--quiet"])
+    return {"volume": "240x240x155 T1 + T2 -> T1c + T2f, NIfTI in and out (CLI end to end)", "seconds": seconds,
+            "exit_code": code}
+
+
+def task_cdm_parts(device: str) -> dict:
+    """Where the CDM time goes, and what a same-backbone 30-step pixel-space diffusion would cost."""
+    from .models import build_model
+    from .pipelines.common import build_network, make_sampler
+    from .weights import ModelRegistry, load_model
+
+    loaded = load_model(ModelRegistry().default_for("cdm").directory)
+    device_ = torch.device(device)
+    network = build_network(loaded, device_)
+    sampler = make_sampler(loaded.card.data["sampling"], None)
+    size = loaded.card.data["architecture"]["image_size"]
+    slices, batch = 155, 8
+    with torch.inference_mode():
+        noise = torch.randn(slices, network.mdn.representation_dim)
+        mdn_seconds, _ = _time(sampler.sample, network.mdn, noise, loaded.card.data["sampling"]["prediction_type"])
+        images = torch.randn(batch, 2, size, size)
+        representation = torch.randn(batch, network.mdn.representation_dim)
+        network.cunet(images, representation)  # warm-up
+        cunet_batch, _ = _time(network.cunet, images, representation)
+        # Pixel-space conditional diffusion with the same backbone: a timestep UNet on (x_t || T1 || T2), 30 passes.
+        arch = dict(loaded.card.data["architecture"]["cunet"])
+        for key in ("conditioned", "fusion", "output_activation"):
+            arch.pop(key, None)
+        from .models.blocks import UNet
+
+        baseline = UNet(4, 2, time_embedding=True, **arch).eval()
+        t = torch.full((batch,), 500, dtype=torch.long)
+        x = torch.randn(batch, 4, size, size)
+        baseline(x, t)
+        pass_seconds, _ = _time(baseline, x, t)
+    per_slice_cunet = cunet_batch / batch
+    pixel_volume = pass_seconds / batch * 30 * slices
+    return {
+        "mdn_30_steps_155_slices_seconds": mdn_seconds,
+        "cunet_seconds_per_slice": per_slice_cunet,
+        "cdm_network_seconds_155_slices": mdn_seconds + per_slice_cunet * slices,
+        "pixel_space_30_step_seconds_155_slices_extrapolated": pixel_volume,
+        "pixel_space_pass_seconds_per_slice": pass_seconds / batch,
+        "speedup_vs_pixel_space": pixel_volume / (mdn_seconds + per_slice_cunet * slices),
+        "image_size": size,
+    }
+
+
+def task_sdseg_volume(device: str) -> dict:
+    from .cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ct = _write(_ct_like((100, 512, 512)).astype(np.int16), (0.8, 0.8, 2.5), Path(tmp) / "ct.nii.gz")
+        seconds, code = _time(main, ["segment", "--image", str(ct), "--out", f"{tmp}/seg.nii.gz", "--device", device, "--quiet"])
+    return {"volume": "512x512x100 CT int16, single step, NIfTI in and out (CLI end to end)", "seconds": seconds, "exit_code": code}
+
+
+def task_sdseg_steps(device: str) -> dict:
+    """Single step vs 10-step DDIM vs a 5-sample ensemble on the same 16 slices."""
+    from .pipelines import segment
+    from .volume import Volume
+    from .volume.engine import RunOptions
+    from .weights import ModelRegistry, load_model
+
+    loaded = load_model(ModelRegistry().default_for("sdseg").directory)
+    volume = Volume(_ct_like((16, 512, 512)), np.diag([-0.8, -0.8, 2.5, 1.0]))
+    options = RunOptions(device=device, batch_size=8)
+    segment(volume, loaded, steps=1, options=options)  # warm-up
+    results = {}
+    for label, steps, samples in (("single_step", 1, 1), ("ddim_10", 10, 1), ("ensemble_5", 1, 5)):
+        seconds, _ = _time(segment, volume, loaded, steps=steps, samples=samples, options=options)
+        results[f"{label}_seconds_per_slice"] = seconds / 16
+    results["ddim10_over_single_step"] = results["ddim_10_seconds_per_slice"] / results["single_step_seconds_per_slice"]
+    return results
+
+
+def task_sdseg_large(device: str) -> dict:
+    from .cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ct = _write(_ct_like((300, 512, 512), dtype=np.int16), (0.8, 0.8, 1.0), Path(tmp) / "ct.nii.gz")
+        seconds, code = _time(main, ["segment", "--image", str(ct), "--out", f"{tmp}/seg.nii.gz", "--device", device, "--quiet"])
+    return {"volume": "512x512x300 CT int16, single step (CLI end to end)", "seconds": seconds, "exit_code": code}
+
+
+def run_task(name: str, device: str) -> dict:
+    result = globals()[f"task_{name}"](device)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def run_benchmarks(out: Path, device: str, log, tasks=TASKS) -> dict:
+    results = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+                           "platform": platform.platform(), "torch": torch.__version__}}
+    for name in tasks:
+        log(f"bench: {name} ...")
+        process = subprocess.run([sys.executable, "-m", "MedDiffusionExtension.bench", name, device],
+                                 capture_output=True, text=True)
+        if process.returncode != 0:
+            results[name] = {"error": process.stderr.strip().splitlines()[-1] if process.stderr.strip() else "failed"}
+        else:
+            results[name] = json.loads(process.stdout.strip().splitlines()[-1])
+        log(f"bench: {name}: {json.dumps(results[name])}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_task(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "cpu")))
