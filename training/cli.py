@@ -32,6 +32,7 @@ class Command:
 COMMANDS: dict[str, str] = {
     "train": "training.cli:TRAIN",
     "export": "training.cli:EXPORT",
+    "evaluate": "training.evaluation:COMMAND",
 }
 
 _ARG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}

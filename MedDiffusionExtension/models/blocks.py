@@ -97,8 +97,8 @@ class Stage(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int, emb_dim: int = 0,
                  attention: bool = False, num_heads: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            ResBlock(in_channels if i == 0 else out_channels, out_channels, emb_dim, dropout) for i in range(num_blocks))
+        self.blocks = nn.ModuleList(ResBlock(in_channels if i == 0 else out_channels, out_channels, emb_dim, dropout)
+                                    for i in range(num_blocks))
         self.attentions = nn.ModuleList(
             SelfAttention(out_channels, num_heads) if attention else nn.Identity() for _ in range(num_blocks))
 

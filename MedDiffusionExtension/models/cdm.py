@@ -4,11 +4,10 @@
   representation vector r (B, D) whose first half stands for T1c and second half for T2f.
 - MDN: an MLP denoiser over r (what the diffusion runs on; schedules and DDIM live in `diffusion/`).
 - CUNet: one-pass UNet from the sources to the targets, conditioned on r at every encoder scale.
-`CDM` holds the three; `CDM_CONFIGS` are the architectures as plain JSON-able dicts.
+`CDM` holds the three; `CDM_CONFIGS` (and `CUNET_CONFIGS`, the plain-UNet baseline) are plain JSON-able dicts.
 """
 
 import copy
-import math
 from typing import Optional
 
 import torch
@@ -44,7 +43,8 @@ class MRM(nn.Module):
             raise ValueError(f"mask_patch_size {mask_patch_size} must be a multiple of patch_size {patch_size}")
         self.in_channels, self.patch_size, self.mask_patch_size = in_channels, patch_size, mask_patch_size
         self.mask_ratio, self.independent_masks, self.width = mask_ratio, independent_masks, width
-        self.patch_embeds = nn.ModuleList(nn.Conv2d(1, width, patch_size, stride=patch_size) for _ in range(in_channels))
+        self.patch_embeds = nn.ModuleList(nn.Conv2d(1, width, patch_size, stride=patch_size)
+                                          for _ in range(in_channels))
         self.mask_tokens = nn.Parameter(torch.randn(in_channels, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, num_heads, 4 * width, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
@@ -58,7 +58,8 @@ class MRM(nn.Module):
         """(B, C, H / mask_patch, W / mask_patch) bool, True = masked; exactly round(ratio * n) patches each."""
         gh, gw = height // self.mask_patch_size, width // self.mask_patch_size
         if gh * self.mask_patch_size != height or gw * self.mask_patch_size != width:
-            raise ValueError(f"image size {height}x{width} must be a multiple of mask_patch_size {self.mask_patch_size}")
+            raise ValueError(f"image size {height}x{width} must be a multiple of mask_patch_size "
+                             f"{self.mask_patch_size}")
         maps = self.in_channels if self.independent_masks else 1
         n_masked = round(self.mask_ratio * gh * gw)
         # Ranks of uniform noise give a uniformly random subset of exactly n_masked patches.
@@ -67,7 +68,7 @@ class MRM(nn.Module):
         return mask.expand(batch, self.in_channels, gh, gw)
 
     def encode(self, targets: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C_tokens, width) encoder tokens; mask (B, C, h, w) at mask-patch resolution or None."""
+        """(B, C, H, W) -> (B, N, width) encoder tokens; mask (B, C, h, w) at mask-patch resolution, or None."""
         b, _, height, width = targets.shape
         gh, gw = height // self.patch_size, width // self.patch_size
         tokens = 0
@@ -171,7 +172,8 @@ class ConditionEmbedding(nn.Module):
         self.fusion = fusion
         self.features = nn.Sequential(nn.GroupNorm(1, channels), nn.SiLU(), nn.Conv2d(channels, channels, 1))
         out = channels if fusion == "add" else 2 * channels
-        self.representation = nn.Sequential(nn.Linear(representation_dim, channels), nn.SiLU(), nn.Linear(channels, out))
+        self.representation = nn.Sequential(nn.Linear(representation_dim, channels), nn.SiLU(),
+                                            nn.Linear(channels, out))
 
     def forward(self, h: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
         cond = self.representation(representation)[:, :, None, None]
@@ -225,7 +227,7 @@ class CDM(nn.Module):
         self.mrm = MRM(representation_dim=d, **config["mrm"])
         self.mdn = MDN(representation_dim=d, **config["mdn"])
         self.cunet = CUNet.from_config(config)
-        stride = max(self.mrm.mask_patch_size, 2 ** (len(config["cunet"].get("channel_mult", (1, 2, 4, 8))) - 1))
+        stride = max(self.mrm.mask_patch_size, 2 ** (len(self.cunet.unet.encoder) - 1))
         if config["image_size"] % stride:
             raise ValueError(f"image_size {config['image_size']} must be a multiple of {stride}")
 
@@ -257,4 +259,10 @@ CDM_CONFIGS = {
                   "mid_attention": True, "num_heads": 8, "dropout": 0.0, "conditioned": True, "fusion": "add",
                   "output_activation": "none"},
     },
+}
+
+CUNET_CONFIGS = {
+    # The paper's M1 baseline: the tiny CDM's C-UNet without Condition Embeddings (build_model("cunet", ...)).
+    "tiny": {"image_size": CDM_CONFIGS["tiny"]["image_size"],
+             "cunet": {**CDM_CONFIGS["tiny"]["cunet"], "conditioned": False}},
 }

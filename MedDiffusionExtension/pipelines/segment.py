@@ -33,8 +33,8 @@ def segment(
 ) -> SegmentationResult:
     options = options or RunOptions()
     card = loaded.card
-    if card.method != "sdseg":
-        raise InputError(f"model {card.name!r} is a {card.method} model; segment needs an SDSeg model")
+    if card.method not in ("sdseg", "segunet"):
+        raise InputError(f"model {card.name!r} is a {card.method} model; segment needs an SDSeg (or plain UNet) model")
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
     if samples < 1:
@@ -42,12 +42,24 @@ def segment(
     validate_volume(image, "CT")
     device = resolve_device(options.device)
     network = build_network(loaded, device)
-    sampling = card.data["sampling"]
+    scaling = scaling_from_card(card.data["normalization"], image.array)
+    if card.method == "segunet":  # the non-diffusion baseline: one deterministic pass
+        samples = 1
+        slice_model = lambda batch: torch.sigmoid(network(batch.images).float())  # noqa: E731
+    else:
+        slice_model = _sdseg_slice_model(network, card.data["sampling"], steps, samples)
+
+    probability = run_slicewise([EngineInput(image, "CT", scaling)], slice_model, 1, card.data["architecture"].get("image_size"), options)[0]
+    label_value = int(card.data.get("segments", [{"label": 1}])[0]["label"])
+    labels = np.where(probability > threshold, label_value, 0).astype(np.uint8)
+    return SegmentationResult(image.with_array(labels), image.with_array(probability) if samples > 1 else None)
+
+
+def _sdseg_slice_model(network, sampling: dict, steps, samples: int):
     sampler = make_sampler(sampling, steps)
     prediction_type = sampling["prediction_type"]
     last_t = sampler.schedule.num_steps - 1
     single_step = (steps or sampling["steps"]) == 1
-    scaling = scaling_from_card(card.data["normalization"], image.array)
 
     def slice_model(batch: SliceBatch) -> torch.Tensor:
         condition = network.encode_image(batch.images)
@@ -63,7 +75,4 @@ def segment(
             probability += network.decode_mask(latent).float()
         return probability / samples
 
-    probability = run_slicewise([EngineInput(image, "CT", scaling)], slice_model, 1, card.data["architecture"].get("image_size"), options)[0]
-    label_value = int(card.data.get("segments", [{"label": 1}])[0]["label"])
-    labels = np.where(probability > threshold, label_value, 0).astype(np.uint8)
-    return SegmentationResult(image.with_array(labels), image.with_array(probability) if samples > 1 else None)
+    return slice_model

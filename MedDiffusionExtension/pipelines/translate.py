@@ -31,8 +31,8 @@ def translate(
     """Synthesize `targets`; returns {target: Volume} plus {target + '_std': Volume} when samples > 1."""
     options = options or RunOptions()
     card = loaded.card
-    if card.method != "cdm":
-        raise InputError(f"model {card.name!r} is a {card.method} model; translate needs a CDM model")
+    if card.method not in ("cdm", "cunet"):
+        raise InputError(f"model {card.name!r} is a {card.method} model; translate needs a CDM (or plain C-UNet) model")
     available = card.output_names
     targets = targets or available
     unknown = [t for t in targets if t not in available]
@@ -44,14 +44,30 @@ def translate(
     validate_volume(t2, "T2")
     device = resolve_device(options.device)
     network = build_network(loaded, device)
-    sampler = make_sampler(card.data["sampling"], steps)
-    prediction_type = card.data["sampling"]["prediction_type"]
     channels = [available.index(t) for t in targets]
     normalization = card.data["normalization"]
     inputs = [
         EngineInput(t1, "T1", scaling_from_card(normalization, t1.array)),
         EngineInput(t2, "T2", scaling_from_card(normalization, t2.array)),
     ]
+    if card.method == "cunet":  # the plain UNet baseline (CDM ablation M1): deterministic, one pass
+        samples = 1
+        slice_model = lambda batch: network(batch.images)[:, channels].float()  # noqa: E731
+    else:
+        slice_model = _cdm_slice_model(network, card.data["sampling"], steps, samples, channels, per_volume_representation)
+
+    out_channels = len(targets) * (2 if samples > 1 else 1)
+    result = run_slicewise(inputs, slice_model, out_channels, card.data["architecture"].get("image_size"), options)
+    volumes = {target: t1.with_array(_to_display_units(result[i])) for i, target in enumerate(targets)}
+    if samples > 1:
+        for i, target in enumerate(targets):
+            volumes[f"{target}_std"] = t1.with_array(_to_display_units(result[len(targets) + i], is_std=True))
+    return volumes
+
+
+def _cdm_slice_model(network, sampling: dict, steps, samples: int, channels: list[int], per_volume_representation: bool):
+    sampler = make_sampler(sampling, steps)
+    prediction_type = sampling["prediction_type"]
     representation_dim = network.mdn.representation_dim
 
     def slice_model(batch: SliceBatch) -> torch.Tensor:
@@ -66,10 +82,4 @@ def translate(
             return mean
         return torch.cat([mean, stacked.std(0, unbiased=False)], dim=1)
 
-    out_channels = len(targets) * (2 if samples > 1 else 1)
-    result = run_slicewise(inputs, slice_model, out_channels, card.data["architecture"].get("image_size"), options)
-    volumes = {target: t1.with_array(_to_display_units(result[i])) for i, target in enumerate(targets)}
-    if samples > 1:
-        for i, target in enumerate(targets):
-            volumes[f"{target}_std"] = t1.with_array(_to_display_units(result[len(targets) + i], is_std=True))
-    return volumes
+    return slice_model
