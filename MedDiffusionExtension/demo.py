@@ -59,13 +59,13 @@ def run_demo(out_dir: Path, device: str, cancel: CancelToken, log: Callable[[str
         scores = metrics.image_metrics(synthetic[target].array / 1000.0, unit)
         log(f"  {target}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, MAE {scores['mae']:.4f} vs the phantom's own {target}")
 
-    ct_path = _one("img*.nii.gz")
+    ct_path = _one("PhantomAbdomenCT.nii.gz")
     sdseg = load_model(registry.default_for("sdseg").directory)
     log(f"segment: {ct_path.name} with {sdseg.card.name} {sdseg.card.version} (single step)")
     ct = read_volume(ct_path)
     result = segment(ct, sdseg, options=RunOptions(device=device, seed=0, cancel=cancel, progress=_progress("segment", log)))
     files[out_dir / "segmentation.nii.gz"] = (result.labels, np.uint8)
-    label_path = _one("label*.nii.gz")
+    label_path = _one("PhantomAbdomenCT-label.nii.gz")
     reference = read_volume(label_path).array > 0
     scores = metrics.segmentation_metrics(result.labels.array > 0, reference, ct.spacing[::-1])
     log(f"  organs (union): Dice {scores['dice']:.3f}, IoU {scores['iou']:.3f}, HD95 {scores['hd95']:.1f} mm vs {label_path.name}")

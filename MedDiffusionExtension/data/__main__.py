@@ -1,0 +1,89 @@
+"""Command line for the phantom generators: python -m MedDiffusionExtension.data {brats,btcv,ixi,samples,figures}."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("write spacing like 0.8x0.8x2.5")
+    return tuple(float(p) for p in parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m MedDiffusionExtension.data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("brats", "brain MRI cases in the BraTS2023 layout"),
+                            ("btcv", "abdominal CT cases in the BTCV layout"),
+                            ("ixi", "healthy T1/T2 pairs in the IXI layout")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--out", type=Path, required=True, help="dataset root folder")
+        command.add_argument("--n", type=_positive, default=1, help="number of cases")
+        command.add_argument("--seed", type=_non_negative, default=0, help="dataset seed")
+        if name == "ixi":
+            command.add_argument("--scale", type=float, default=1.0, help="voxels per axis relative to IXI's")
+        else:
+            command.add_argument("--shape", help="voxels in NIfTI order, e.g. 64x64x40 (field of view kept)")
+        if name == "btcv":
+            command.add_argument("--spacing", type=_spacing, help="voxel size in mm, e.g. 0.8x0.8x2.5")
+    samples = commands.add_parser("samples", help="write the bundled sample cases with SHA256SUMS")
+    samples.add_argument("--out", type=Path, default=Path("Resources/SampleData"))
+    figures = commands.add_parser("figures", help="write the documentation figures")
+    figures.add_argument("--out", type=Path, default=Path("docs/figures"))
+    return parser
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    from . import layouts, samples, figures
+
+    if args.command == "brats":
+        cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape)
+    elif args.command == "btcv":
+        cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing)
+    elif args.command == "ixi":
+        cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
+    elif args.command == "samples":
+        names = samples.write_samples(args.out)
+        return [args.out / name for name in names]
+    else:
+        return figures.write_figures(args.out)
+    return [path for case in cases for path in case.values()]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        paths = run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    print(f"wrote {len(paths)} files in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

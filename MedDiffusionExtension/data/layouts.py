@@ -1,0 +1,95 @@
+"""Writing phantom cases in the folder layouts of the real datasets, so the same readers load both.
+
+BraTS2023: ROOT/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz (int16 images, uint8 seg).
+BTCV:      ROOT/img/img0001.nii.gz (int16 HU) and ROOT/label/label0001.nii.gz (uint8).
+IXI:       ROOT/IXI-T1/IXI012-HH-1211-T1.nii.gz and ROOT/IXI-T2/IXI012-HH-1211-T2.nii.gz: healthy subjects, T1
+           stored sagittally and T2 axially on different grids, as IXI does. "HH" (Hammersmith, the 3 T site)
+           because the tissue values are 3 T ones. Unlike IXI, the phantoms are skull-stripped.
+Every case of a dataset gets its own seed derived from the dataset seed and the case index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .brain import BRATS_CENTRE_RAS, SEQUENCES, draw_subject, render_subject, simulate_brain
+from .ct import simulate_ct
+from .geometry import Grid, lps_grid
+from .nifti import write_nifti
+from ..errors import InputError
+
+
+def case_seed(dataset_seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([dataset_seed, index]).generate_state(1)[0])
+
+
+def brats_case_name(number: int) -> str:
+    return f"BraTS-GLI-{number:05d}-000"
+
+
+def write_brats_case(root, number: int, seed: int, shape=None) -> dict[str, Path]:
+    name = brats_case_name(number)
+    folder = Path(root) / name
+    phantom = simulate_brain(seed, shape)
+    paths = {seq: write_nifti(folder / f"{name}-{seq}.nii.gz", phantom.images[seq], phantom.ijk_to_ras, np.int16)
+             for seq in SEQUENCES}
+    paths["seg"] = write_nifti(folder / f"{name}-seg.nii.gz", phantom.seg, phantom.ijk_to_ras, np.uint8)
+    return paths
+
+
+def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0) -> list[dict[str, Path]]:
+    return [write_brats_case(root, start + i, case_seed(seed, i), shape) for i in range(n)]
+
+
+def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None) -> dict[str, Path]:
+    root = Path(root)
+    phantom = simulate_ct(seed, shape, spacing)
+    return {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
+                                 np.int16),
+            "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
+                                 np.uint8)}
+
+
+def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1) -> list[dict]:
+    return [write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing) for i in range(n)]
+
+
+IXI_T1 = ((256, 256, 150), (0.9375, 0.9375, 1.2))  # sagittal: i posterior, j superior, k right
+IXI_T2 = ((256, 256, 130), (0.9375, 0.9375, 1.2))  # axial, the project's L, P, S storage
+
+
+def ixi_grids(scale: float = 1.0) -> tuple[Grid, Grid]:
+    """The T1 (sagittal) and T2 (axial) grids; scale < 1 keeps each field of view with fewer voxels."""
+    if not 0.05 <= scale <= 2.0:
+        raise InputError(f"IXI scale {scale} is out of range; use a value between 0.05 and 2 (1 = IXI's voxels)")
+    centre = np.asarray(BRATS_CENTRE_RAS)
+    (t1_shape, t1_spacing), (t2_shape, t2_spacing) = IXI_T1, IXI_T2
+    t1_shape = tuple(max(int(round(n * scale)), 8) for n in t1_shape)
+    t1_spacing = np.asarray(IXI_T1[1]) * np.asarray(IXI_T1[0]) / np.asarray(t1_shape)
+    matrix = np.zeros((4, 4))
+    matrix[1, 0], matrix[2, 1], matrix[0, 2], matrix[3, 3] = -t1_spacing[0], t1_spacing[1], t1_spacing[2], 1.0
+    matrix[:3, 3] = centre - matrix[:3, :3] @ ((np.asarray(t1_shape) - 1) / 2.0)
+    t2_shape = tuple(max(int(round(n * scale)), 8) for n in t2_shape)
+    t2_spacing = np.asarray(t2_spacing) * np.asarray(IXI_T2[0]) / np.asarray(t2_shape)
+    return Grid(t1_shape, matrix), lps_grid(t2_shape, t2_spacing, centre)
+
+
+def ixi_subject_name(number: int, seed: int) -> str:
+    return f"IXI{number:03d}-HH-{1000 + seed % 9000:04d}"
+
+
+def write_ixi_case(root, number: int, seed: int, scale: float = 1.0) -> dict[str, Path]:
+    root = Path(root)
+    t1_grid, t2_grid = ixi_grids(scale)
+    subject = draw_subject(seed, tumour=False, fov_top_mm=IXI_T2[0][2] * IXI_T2[1][2] / 2.0)
+    name = ixi_subject_name(number, seed)
+    t1 = render_subject(subject, t1_grid, noise_key=1, sequences=("t1n",))
+    t2 = render_subject(subject, t2_grid, noise_key=2, sequences=("t2w",))
+    return {"t1n": write_nifti(root / "IXI-T1" / f"{name}-T1.nii.gz", t1.images["t1n"], t1.ijk_to_ras, np.int16),
+            "t2w": write_nifti(root / "IXI-T2" / f"{name}-T2.nii.gz", t2.images["t2w"], t2.ijk_to_ras, np.int16)}
+
+
+def write_ixi_dataset(root, n: int, seed: int = 0, scale: float = 1.0, start: int = 2) -> list[dict[str, Path]]:
+    return [write_ixi_case(root, start + i, case_seed(seed, i), scale) for i in range(n)]
