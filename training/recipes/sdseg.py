@@ -96,13 +96,13 @@ class SDSegRecipe(Recipe):
             recon = model.autoencoder.decode(posterior.sample(generator))
             l1 = F.l1_loss(recon, x)
             kl = posterior.kl().mean()
-            return l1 + self.config["kl_weight"] * kl, {"l1": float(l1), "kl": float(kl)}
+            return l1 + self.config["kl_weight"] * kl, {"l1": l1.detach(), "kl": kl.detach()}
         if self.stage == "segunet":
             logits = model(image)
             probability = torch.sigmoid(logits)
             dice = 1 - (2 * (probability * mask).sum() + 1) / (probability.sum() + mask.sum() + 1)
             bce = F.binary_cross_entropy_with_logits(logits, mask)
-            return bce + dice, {"bce": float(bce), "dice_loss": float(dice)}
+            return bce + dice, {"bce": bce.detach(), "dice_loss": dice.detach()}
         with torch.no_grad():
             z0 = model.encode_mask(mask, sample=True, generator=generator)
         condition = model.encode_image(image)
@@ -113,7 +113,7 @@ class SDSegRecipe(Recipe):
         z0_hat, _ = x0_and_eps_from_output(self.schedule, z_t, t, eps_hat, "epsilon")
         noise_loss = F.l1_loss(eps_hat, noise)
         latent_loss = F.l1_loss(z0_hat, z0)
-        return noise_loss + self.config["latent_loss_weight"] * latent_loss, {"l_eps": float(noise_loss), "l_z0": float(latent_loss)}
+        return noise_loss + self.config["latent_loss_weight"] * latent_loss, {"l_eps": noise_loss.detach(), "l_z0": latent_loss.detach()}
 
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",
