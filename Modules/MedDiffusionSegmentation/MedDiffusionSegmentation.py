@@ -1,0 +1,411 @@
+"""MedDiffusion Segmentation: segment a CT volume with single-step latent diffusion (SDSeg).
+
+Module / Widget / Logic / Test, as in Slicer's scripted-module template. The Logic needs no GUI: a script calls
+`MedDiffusionSegmentationLogic().process(ctNode, wait=True)`. The heavy work runs in a background process
+(MedDiffusionExtension.runner); the result is a segmentation node on the CT's geometry whose segments are named
+and coloured from the model card, plus, with several samples, the mean foreground probability as a volume.
+"""
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import numpy as np
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *  # noqa: F403 - Slicer's module base classes
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode
+
+# The shared MedDiffusionLib package is packaged with the Translation module: in an installed extension both
+# modules share one folder; in the source tree (module paths added in Application Settings) it is the sibling folder.
+for _folder in (os.path.dirname(os.path.abspath(__file__)),
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "MedDiffusionTranslation")):
+    if os.path.isdir(os.path.join(_folder, "MedDiffusionLib")) and os.path.abspath(_folder) not in sys.path:
+        sys.path.append(os.path.abspath(_folder))
+
+from MedDiffusionLib import backend, catalog, exchange, sampledata, scene  # noqa: E402
+from MedDiffusionLib.gui import RunWidgetMixin  # noqa: E402
+from MedDiffusionLib.job import BackgroundJob, BackgroundLogic  # noqa: E402
+
+backend.ensureBackendImportable()
+TASK = "segmentation"
+
+
+#
+# MedDiffusionSegmentation
+#
+
+
+class MedDiffusionSegmentation(ScriptedLoadableModule):  # noqa: F405
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
+        self.parent.title = _("MedDiffusion Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDiffusion")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedDiffusion developers"]
+        self.parent.helpText = _(
+            "Segments a CT volume with SDSeg, a latent diffusion model that needs a single denoising step. The "
+            "result is a segmentation on the CT's geometry with segments named and coloured as the model card "
+            "says. With several samples, the mean foreground probability is added as a volume. Steps > 1 runs "
+            "DDIM sampling instead of the single step.")
+        self.parent.acknowledgementText = _(
+            "Method: Lin et al., Stable Diffusion Segmentation for Biomedical Images with Single-step Reverse "
+            "Process, MICCAI 2024. The bundled models are small models trained on synthetic phantoms.")
+
+
+#
+# MedDiffusionSegmentationParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedDiffusionSegmentationParameterNode:
+    """
+    inputVolume - CT in Hounsfield units: the reference grid of the segmentation.
+    modelName - installed segmentation model; empty: the default SDSeg model.
+    steps - denoising steps: 1 is SDSeg's single step; more runs DDIM.
+    samples - probability maps averaged; more than one also adds the probability volume.
+    threshold - foreground probability above which a voxel is in the segment.
+    seed - random seed: the same seed gives the same result.
+    device - "auto", "cpu", "cuda:N" or "mps".
+    batchSize - slices per batch (halved automatically when a GPU runs out of memory).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    steps: Annotated[int, WithinRange(1, 1000)] = 1
+    samples: Annotated[int, WithinRange(1, 32)] = 1
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: str = "auto"
+    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+
+
+#
+# MedDiffusionSegmentationWidget
+#
+
+
+class MedDiffusionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, RunWidgetMixin):  # noqa: F405
+    """Thin GUI over the Logic: combos filled from the model registry, Apply that turns into Cancel while running."""
+
+    runFailedText = "The segmentation failed"
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDiffusionSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDiffusionSegmentationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.progressBar.setVisible(False)
+
+        self.refreshDependencies()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.cancel()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode: Optional[MedDiffusionSegmentationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._fillCombos()
+            self._updateGui()
+
+    def _fillCombos(self) -> None:
+        """The model and device menus depend on what is installed, so code fills them."""
+        if not self._dependenciesReady or not self._parameterNode:
+            return
+        node = self._parameterNode
+        models = catalog.modelsForMethod(TASK, "sdseg")
+        self.fillCombo(self.ui.modelComboBox, [(c.name, f"{c.name} ({c.version})") for c in models], node.modelName)
+        node.modelName = self.ui.modelComboBox.currentData or ""
+        card = next((c for c in models if c.name == node.modelName), None)
+        self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No segmentation model installed.")
+        self.fillDeviceCombo(node)
+
+    def onModelChanged(self, index) -> None:
+        self._parameterNode.modelName = self.ui.modelComboBox.currentData or ""
+        self._fillCombos()
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node is None:
+            return
+        if self.logic.isRunning:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the run; nothing will be added to the scene.")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Segment")
+        ready = self._dependenciesReady and node.inputVolume and node.modelName
+        self.ui.applyButton.enabled = bool(ready)
+        self.ui.applyButton.toolTip = _("Create the segmentation.") if ready else _(
+            "Select a CT volume and a model (install the dependencies first if asked).")
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning:
+            self.cancelRun()
+            return
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            if self.prepareRun():
+                self.logic.process(
+                    node.inputVolume, modelName=node.modelName, steps=node.steps, samples=node.samples,
+                    threshold=node.threshold, seed=node.seed, device=node.device, batchSize=node.batchSize,
+                    wait=False, onProgress=self.onProgress, onFinished=self.onFinished)
+        self._updateGui()
+
+
+#
+# MedDiffusionSegmentationLogic
+#
+
+
+class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic):  # noqa: F405
+    """Segmentation of volume nodes, usable from scripts and tests (wait=True) and from the GUI (wait=False)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
+
+    def getParameterNode(self):
+        return MedDiffusionSegmentationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def model(modelName: str = ""):
+        """The model card to use: `modelName`, or the default SDSeg model."""
+        return catalog.findModel(TASK, modelName, "sdseg")
+
+    @staticmethod
+    def segments(card) -> list[dict]:
+        """The card's segments (name, label value, colour); one generic segment when the card names none."""
+        return card.data.get("segments") or [{"name": card.output_names[0], "label": 1, "color": [0.9, 0.4, 0.3]}]
+
+    @staticmethod
+    def outputName(inputVolume, card, probability: bool = False) -> str:
+        """e.g. "abdomen-ct segmentation (SDSeg)" and "abdomen-ct probability (SDSeg)"."""
+        kind = "probability" if probability else "segmentation"
+        return f"{inputVolume.GetName()} {kind} ({catalog.METHODS[card.method].label})"
+
+    def process(self, inputVolume, modelName: str = "", steps: int = 1, samples: int = 1, threshold: float = 0.5,
+                seed: int = 0, device: str = "auto", batchSize: int = 8, wait: bool = True, onProgress=None,
+                onFinished=None, show: bool = True):
+        """Segment `inputVolume` (CT in HU).
+
+        wait=True returns {"segmentation": node, "probability": node (samples > 1)} and raises InputError (bad
+        input), Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the
+        scene is only changed on success. wait=False returns at once; onFinished(RunResult) is called at the end.
+        """
+        from MedDiffusionExtension.errors import InputError
+
+        if inputVolume is None:
+            raise InputError("select a CT volume")
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"the threshold must be between 0 and 1, got {threshold}")
+        card = self.model(modelName)
+        outputNames = ["labels"] + (["probability"] if samples > 1 else [])
+        settings = {"model": str(card.directory), "steps": int(steps) or None, "samples": int(samples),
+                    "threshold": float(threshold), "seed": int(seed), "device": device, "batch_size": int(batchSize)}
+        job = BackgroundJob("segment", {"image": inputVolume}, outputNames, settings, onProgress=onProgress)
+        provenance = dict(settings, model=card.name)
+
+        def buildOutputs(files):
+            # Read and check every file before the first node enters the scene.
+            labels = exchange.readVolumeOnGrid(files["labels"], inputVolume, "vtkMRMLLabelMapVolumeNode")
+            probability = (exchange.readVolumeOnGrid(files["probability"], inputVolume)
+                           if "probability" in files else None)
+            segmentation = self._segmentationFromLabels(labels, inputVolume, card)
+            scene.markOutput(segmentation, card, "labels", [inputVolume], provenance, synthetic=False)
+            scene.placeWithInputs(segmentation, inputVolume)
+            nodes = {"segmentation": segmentation}
+            if probability is not None:
+                scene.addVolumeToScene(probability, self.outputName(inputVolume, card, probability=True))
+                scene.markOutput(probability, card, "probability", [inputVolume], provenance, synthetic=False)
+                scene.placeWithInputs(probability, inputVolume)
+                nodes["probability"] = probability
+            if show:
+                scene.showInSliceViews(background=inputVolume)
+            return nodes
+
+        return self.runJob(job, buildOutputs, wait, onFinished)
+
+    def _segmentationFromLabels(self, labels, referenceVolume, card):
+        """A segmentation node on the reference's geometry with one segment per card segment (its name/colour)."""
+        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labels)
+        masks = []
+        for segment in self.segments(card):
+            threshold = vtk.vtkImageThreshold()
+            threshold.SetInputData(oriented)
+            threshold.ThresholdBetween(segment["label"], segment["label"])
+            threshold.SetInValue(1)
+            threshold.SetOutValue(0)
+            threshold.SetOutputScalarTypeToUnsignedChar()
+            threshold.Update()
+            mask = slicer.vtkOrientedImageData()
+            mask.ShallowCopy(threshold.GetOutput())
+            mask.CopyDirections(oriented)
+            masks.append((segment, mask))
+        segmentation = slicer.vtkMRMLSegmentationNode()
+        segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(self.outputName(referenceVolume, card)))
+        slicer.mrmlScene.AddNode(segmentation)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+        for segment, mask in masks:
+            segmentation.AddSegmentFromBinaryLabelmapRepresentation(mask, segment["name"], tuple(segment["color"]))
+        return segmentation
+
+
+#
+# MedDiffusionSegmentationTest
+#
+
+
+class MedDiffusionSegmentationTest(ScriptedLoadableModuleTest):  # noqa: F405
+    """Runs the Logic on CPU on the bundled sample CT with the bundled default SDSeg model.
+
+    Outside desktop Slicer, Testing/test_slicer_segmentation.py runs this same class with `modelName` and
+    `sampleDataFolder` pointing at a tiny random-weight model and a small synthetic CT.
+    """
+
+    modelName = ""  # "": the default SDSeg model
+    sampleDataFolder = None  # None: Resources/SampleData
+    device = "cpu"
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentationOnCtGeometry()
+        self.setUp()
+        self.test_CancelLeavesSceneUnchanged()
+
+    def _loadCase(self):
+        """The sample CT, put in a patient/study folder as a DICOM import would."""
+        ct = sampledata.loadSampleCase("ct", roles=("image",), folder=self.sampleDataFolder)["image"]
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        study = hierarchy.CreateStudyItem(
+            hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "MedDiffusion sample patient"), "CT study")
+        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(ct), study)
+        return ct
+
+    def _sceneState(self):
+        return sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+
+    def _temporaryFolders(self):
+        from MedDiffusionLib.job import temporaryFolder
+
+        return {n for n in os.listdir(temporaryFolder()) if n.startswith("MedDiffusion-")}
+
+    def test_SegmentationOnCtGeometry(self):
+        self.delayDisplay("Segmenting the sample CT")
+        ct = self._loadCase()
+        ctBefore, foldersBefore = slicer.util.arrayFromVolume(ct).copy(), self._temporaryFolders()
+        logic = MedDiffusionSegmentationLogic()
+        card = logic.model(self.modelName)
+        outputs = logic.process(ct, modelName=card.name, steps=1, samples=2, seed=1, device=self.device)
+        self.assertEqual(sorted(outputs), ["probability", "segmentation"])
+        segmentation, probability = outputs["segmentation"], outputs["probability"]
+
+        self.assertEqual(segmentation.GetName(), f"{ct.GetName()} segmentation (SDSeg)")
+        self.assertIs(segmentation.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()), ct)
+        self.assertEqual(segmentation.GetAttribute(scene.MODEL), card.name)
+        self.assertEqual(segmentation.GetAttribute(scene.MODEL_VERSION), str(card.version))
+        expected = logic.segments(card)
+        content = segmentation.GetSegmentation()
+        self.assertEqual(content.GetNumberOfSegments(), len(expected))
+        for index, segmentSpec in enumerate(expected):
+            segment = content.GetNthSegment(index)
+            self.assertEqual(segment.GetName(), segmentSpec["name"])
+            np.testing.assert_allclose(segment.GetColor(), segmentSpec["color"], atol=1e-6)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, content.GetNthSegmentID(index), ct)
+            self.assertEqual(mask.shape, slicer.util.arrayFromVolume(ct).shape)
+            self.assertGreater(int(mask.sum()), 0, f"segment {segmentSpec['name']} is empty")
+
+        values = slicer.util.arrayFromVolume(probability)
+        self.assertTrue(np.array_equal(exchange.ijkToRas(probability), exchange.ijkToRas(ct)), "geometry differs")
+        self.assertTrue(np.isfinite(values).all())
+        self.assertGreaterEqual(float(values.min()), 0.0)
+        self.assertLessEqual(float(values.max()), 1.0)
+        # The segment is exactly the thresholded mean probability.
+        firstMask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, content.GetNthSegmentID(0), ct)
+        self.assertTrue(np.array_equal(firstMask > 0, values > 0.5))
+
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct))
+        for node in (segmentation, probability):
+            self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)), study)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(ct), ctBefore), "the CT input was modified")
+        self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        from MedDiffusionExtension.errors import Cancelled
+
+        self.delayDisplay("Cancelling a segmentation")
+        ct = self._loadCase()
+        logic = MedDiffusionSegmentationLogic()
+        logic.getParameterNode()  # created before the snapshot: it is not an output
+        before, foldersBefore = self._sceneState(), self._temporaryFolders()
+
+        def cancelAtFirstSlice(fraction, message):
+            if message.startswith("slice"):
+                logic.cancel()
+
+        with self.assertRaises(Cancelled):
+            logic.process(ct, modelName=logic.model(self.modelName).name, samples=1, device=self.device,
+                          batchSize=1, onProgress=cancelAtFirstSlice)
+        self.assertEqual(self._sceneState(), before)
+        self.assertFalse(logic.isRunning)
+        self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")

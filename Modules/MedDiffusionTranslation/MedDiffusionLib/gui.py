@@ -1,0 +1,85 @@
+"""What both module widgets do the same way: dependency state, combos carrying ids, the device menu, progress,
+and reporting how a background run ended. Mixed into each module's Widget next to ScriptedLoadableModuleWidget;
+a widget provides `self.ui`, `self.logic`, `_fillCombos()` and `_updateGui()`.
+"""
+
+from __future__ import annotations
+
+import slicer
+from slicer.i18n import tr as _
+
+from . import catalog, dependencies
+from .process import CANCELLED
+
+
+class RunWidgetMixin:
+    runFailedText = "The run failed"  # first line of the error dialog
+    _dependenciesReady = False
+
+    def refreshDependencies(self) -> None:
+        missing = dependencies.missingRequirements()
+        self._dependenciesReady = not missing
+        self.ui.installButton.setVisible(bool(missing))
+        self.ui.dependenciesLabel.setVisible(bool(missing))
+        if missing:
+            self.ui.dependenciesLabel.text = _("Needs: ") + ", ".join(r.pip for r in missing)
+
+    @staticmethod
+    def fillCombo(combo, items, current) -> None:
+        """(value, label) items; selects `current` when present, else the first item; emits no signal."""
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for value, label in items:
+            combo.addItem(label, value)
+        index = combo.findData(current)
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        combo.blockSignals(wasBlocked)
+
+    def fillDeviceCombo(self, parameterNode) -> None:
+        devices = catalog.deviceChoices()
+        self.fillCombo(self.ui.deviceComboBox, devices, parameterNode.device)
+        parameterNode.device = self.ui.deviceComboBox.currentData or "auto"
+        if not any(key.startswith(("cuda", "mps")) for key, _label in devices):
+            self.ui.statusLabel.text = _("No GPU found: the run will use the CPU and take minutes per volume.")
+
+    def onDeviceChanged(self, index) -> None:
+        self._parameterNode.device = self.ui.deviceComboBox.currentData or "auto"
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            dependencies.ensureInstalled(askConfirmation=True)
+        self.refreshDependencies()
+        self._fillCombos()
+        self._updateGui()
+
+    def prepareRun(self) -> bool:
+        """Install what is missing (asks first); show the progress bar. False when the user declined."""
+        if not self._dependenciesReady:
+            self.onInstallDependencies()
+            if not self._dependenciesReady:
+                return False
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting (loading the model)...")
+        return True
+
+    def cancelRun(self) -> None:
+        self.logic.cancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = f"{message}  %p%"  # e.g. "slice 12/40  30%"
+        self.ui.statusLabel.text = message
+
+    def onFinished(self, result) -> None:
+        self.ui.progressBar.setVisible(False)
+        self._updateGui()
+        if result.succeeded:
+            names = ", ".join(node.GetName() for node in result.nodes.values())
+            self.ui.statusLabel.text = _("Created: {names}").format(names=names)
+        elif result.status == CANCELLED:
+            self.ui.statusLabel.text = _("Cancelled; nothing was added.")
+        else:
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=result.message)
+            slicer.util.errorDisplay(f"{_(self.runFailedText)}:\n{result.message}", detailedText=result.details)

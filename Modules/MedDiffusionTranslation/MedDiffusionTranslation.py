@@ -1,0 +1,441 @@
+"""MedDiffusion Translation: synthesize missing MRI contrasts (T1c, FLAIR) from T1 and T2 with a diffusion model.
+
+Module / Widget / Logic / Test, as in Slicer's scripted-module template. The Logic needs no GUI: a script calls
+`MedDiffusionTranslationLogic().process(t1Node, t2Node, targets=["t1c"], wait=True)`. The heavy work runs in a
+background process (MedDiffusionExtension.runner) that reads and writes temporary NRRD files; the new volumes get
+exactly the T1 volume's geometry, are marked synthetic, and are placed in the T1's subject-hierarchy study.
+"""
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *  # noqa: F403 - Slicer's module base classes
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the shared MedDiffusionLib package lives here
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
+from MedDiffusionLib import backend, catalog, exchange, sampledata, scene  # noqa: E402
+from MedDiffusionLib.gui import RunWidgetMixin  # noqa: E402
+from MedDiffusionLib.job import BackgroundJob, BackgroundLogic  # noqa: E402
+
+backend.ensureBackendImportable()
+TASK = "translation"
+
+
+#
+# MedDiffusionTranslation
+#
+
+
+class MedDiffusionTranslation(ScriptedLoadableModule):  # noqa: F405
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
+        self.parent.title = _("MedDiffusion Translation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedDiffusion")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedDiffusion developers"]
+        self.parent.helpText = _(
+            "Synthesizes missing MRI contrasts (post-contrast T1, T2-FLAIR) from a native T1 and a T2 volume with "
+            "a diffusion model (CDM, Cross-conditioned Diffusion Model). Outputs are new volumes with exactly the "
+            "T1's geometry, named and marked as synthetic. With more than one sample, the per-voxel standard "
+            "deviation across samples is added as an uncertainty map. Synthetic images are not acquired scans "
+            "and are not for diagnosis.")
+        self.parent.acknowledgementText = _(
+            "Method: Xing et al., Cross-conditioned Diffusion Model for Medical Image to Image Translation, "
+            "MICCAI 2024. The bundled models are small models trained on synthetic phantoms.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The bundled brain MRI and CT cases in the SampleData module (with SHA-256 checksums)."""
+    iconPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedDiffusionTranslation.png")
+    sampledata.registerSampleData(iconPath)
+
+
+#
+# MedDiffusionTranslationParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedDiffusionTranslationParameterNode:
+    """
+    t1Volume - native T1: the reference grid of every output.
+    t2Volume - T2 (resampled onto the T1 grid when the grids differ).
+    method - method key of the model card ("cdm").
+    modelName - installed model; empty: the method's default model.
+    targets - comma-separated model outputs to synthesize, e.g. "t1c" or "t1c,t2f"; empty: all of them.
+    steps - sampling steps; 0: the model card's default.
+    samples - syntheses averaged; more than one also gives an uncertainty (standard deviation) volume.
+    seed - random seed: the same seed gives the same result.
+    device - "auto", "cpu", "cuda:N" or "mps".
+    batchSize - slices per batch (halved automatically when a GPU runs out of memory).
+    """
+
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    method: str = "cdm"
+    modelName: str = ""
+    targets: str = "t1c"
+    steps: Annotated[int, WithinRange(0, 1000)] = 0
+    samples: Annotated[int, WithinRange(1, 32)] = 1
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: str = "auto"
+    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+
+
+#
+# MedDiffusionTranslationWidget
+#
+
+
+class MedDiffusionTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, RunWidgetMixin):  # noqa: F405
+    """Thin GUI over the Logic: combos filled from the model registry, Apply that turns into Cancel while running."""
+
+    runFailedText = "The synthesis failed"
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDiffusionTranslation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDiffusionTranslationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.progressBar.setVisible(False)
+
+        self.refreshDependencies()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.cancel()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.t1Volume:
+            self._parameterNode.t1Volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode: Optional[MedDiffusionTranslationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._fillCombos()
+            self._updateGui()
+
+    def _fillCombos(self) -> None:
+        """Method, model, target and device menus depend on what is installed, so code fills them (Slicer binds
+        combo boxes only to fixed choices)."""
+        if not self._dependenciesReady or not self._parameterNode:
+            return
+        node = self._parameterNode
+        self.fillCombo(self.ui.methodComboBox, [(m.key, m.label) for m in catalog.availableMethods(TASK)], node.method)
+        node.method = self.ui.methodComboBox.currentData or node.method
+        models = catalog.modelsForMethod(TASK, node.method)
+        self.fillCombo(self.ui.modelComboBox, [(c.name, f"{c.name} ({c.version})") for c in models], node.modelName)
+        node.modelName = self.ui.modelComboBox.currentData or ""
+        card = next((c for c in models if c.name == node.modelName), None)
+        outputs = card.output_names if card else []
+        choices = [(t, catalog.targetLabel(t)) for t in outputs]
+        if len(outputs) > 1:
+            choices.append((",".join(outputs), catalog.targetsLabel(outputs)))
+        self.fillCombo(self.ui.targetComboBox, choices, node.targets)
+        node.targets = self.ui.targetComboBox.currentData or ""
+        self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No model installed.")
+        self.ui.t2Selector.enabled = card is None or "t2" in catalog.METHODS[card.method].inputs
+        self.fillDeviceCombo(node)
+
+    def onMethodChanged(self, index) -> None:
+        self._parameterNode.method = self.ui.methodComboBox.currentData or ""
+        self._parameterNode.modelName = ""
+        self._fillCombos()
+
+    def onModelChanged(self, index) -> None:
+        self._parameterNode.modelName = self.ui.modelComboBox.currentData or ""
+        self._fillCombos()
+
+    def onTargetChanged(self, index) -> None:
+        self._parameterNode.targets = self.ui.targetComboBox.currentData or ""
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node is None:
+            return
+        if self.logic.isRunning:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the run; nothing will be added to the scene.")
+            self.ui.applyButton.enabled = True
+            return
+        targets = [t for t in node.targets.split(",") if t]
+        self.ui.applyButton.text = _("Synthesize {targets}").format(targets=catalog.targetsLabel(targets) or _("all"))
+        needsT2 = "t2" in catalog.METHODS.get(node.method, catalog.METHODS["cdm"]).inputs
+        ready = self._dependenciesReady and node.t1Volume and (node.t2Volume or not needsT2) and node.modelName
+        self.ui.applyButton.enabled = bool(ready)
+        self.ui.applyButton.toolTip = _("Create the synthetic volumes.") if ready else _(
+            "Select the input volumes and a model (install the dependencies first if asked).")
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning:
+            self.cancelRun()
+            return
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the synthesis."), waitCursor=True):
+            if self.prepareRun():
+                self.logic.process(
+                    node.t1Volume, node.t2Volume, targets=[t for t in node.targets.split(",") if t],
+                    modelName=node.modelName, method=node.method, steps=node.steps, samples=node.samples,
+                    seed=node.seed, device=node.device, batchSize=node.batchSize, wait=False,
+                    onProgress=self.onProgress, onFinished=self.onFinished)
+        self._updateGui()
+
+
+#
+# MedDiffusionTranslationLogic
+#
+
+
+class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic):  # noqa: F405
+    """Synthesis on volume nodes, usable from scripts and tests (wait=True) and from the GUI (wait=False)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
+
+    def getParameterNode(self):
+        return MedDiffusionTranslationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def model(modelName: str = "", method: str = "cdm"):
+        """The model card to use: `modelName`, or the method's default model."""
+        return catalog.findModel(TASK, modelName, method)
+
+    @staticmethod
+    def outputName(t1Volume, target: str, card, uncertainty: bool = False) -> str:
+        """e.g. "BraTS-t1n synthetic T1c (CDM)", and "... uncertainty" for the standard-deviation volume."""
+        name = f"{t1Volume.GetName()} synthetic {catalog.targetLabel(target)} ({catalog.METHODS[card.method].label})"
+        return f"{name} uncertainty" if uncertainty else name
+
+    def process(self, t1Volume, t2Volume=None, targets=None, modelName: str = "", method: str = "cdm",
+                steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 8,
+                wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
+        """Synthesize `targets` (model output names such as "t1c", "t2f"; default: all the model's outputs).
+
+        wait=True returns {target: node, target + "_std": node (samples > 1)} and raises InputError (bad input),
+        Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the scene
+        is only changed on success. wait=False returns at once; onFinished(RunResult) is called when it ends.
+        """
+        from MedDiffusionExtension.errors import InputError
+
+        card = self.model(modelName, method)
+        expected = catalog.METHODS[card.method].inputs
+        if t1Volume is None:
+            raise InputError("select a T1 volume")
+        if "t2" in expected and t2Volume is None:
+            raise InputError(f"{catalog.METHODS[card.method].label} needs a T2 volume too")
+        if t2Volume is not None and t2Volume is t1Volume:
+            raise InputError("T1 and T2 are the same volume; select the T2 scan of the same patient")
+        if t2Volume is not None and t2Volume.GetTransformNodeID() != t1Volume.GetTransformNodeID():
+            raise InputError("T1 and T2 are under different transforms; harden the transforms first")
+        targets = list(targets) if targets else card.output_names
+        unknown = [t for t in targets if t not in card.output_names]
+        if unknown:
+            raise InputError(f"model {card.name} cannot synthesize {', '.join(unknown)}; "
+                             f"it makes {', '.join(card.output_names)}")
+        inputs = {"t1": t1Volume, "t2": t2Volume} if "t2" in expected else {"t1": t1Volume}
+        outputNames = targets + ([f"{t}_std" for t in targets] if samples > 1 else [])
+        settings = {"model": str(card.directory), "targets": targets, "steps": int(steps) or None,
+                    "samples": int(samples), "seed": int(seed), "device": device, "batch_size": int(batchSize)}
+        job = BackgroundJob("translate", inputs, outputNames, settings, onProgress=onProgress)
+        provenance = dict(settings, model=card.name)
+        sources = list(inputs.values())
+
+        def buildOutputs(files):
+            # Read and check every file before the first node enters the scene.
+            nodes = {name: exchange.readVolumeOnGrid(path, t1Volume) for name, path in files.items()}
+            for name, node in nodes.items():
+                target = name[:-4] if name.endswith("_std") else name
+                scene.addVolumeToScene(node, self.outputName(t1Volume, target, card, uncertainty=name.endswith("_std")))
+                scene.markOutput(node, card, name, sources, provenance, synthetic=True)
+                scene.placeWithInputs(node, t1Volume)
+                if name.endswith("_std"):
+                    scene.styleUncertainty(node)
+            if show:
+                scene.showInSliceViews(background=nodes[targets[0]], foreground=nodes.get(f"{targets[0]}_std"))
+            return nodes
+
+        return self.runJob(job, buildOutputs, wait, onFinished)
+
+
+#
+# MedDiffusionTranslationTest
+#
+
+
+class MedDiffusionTranslationTest(ScriptedLoadableModuleTest):  # noqa: F405
+    """Runs the Logic on CPU on the bundled sample brain MRI with the bundled default CDM model.
+
+    Outside desktop Slicer, Testing/test_slicer_translation.py runs this same class with `modelName` and
+    `sampleDataFolder` pointing at a tiny random-weight model and small synthetic volumes.
+    """
+
+    modelName = ""  # "": the default CDM model
+    sampleDataFolder = None  # None: Resources/SampleData
+    steps = 2  # plumbing, not image quality, is under test: few sampling steps keep a CPU run short
+    device = "cpu"
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SyntheticT1cKeepsT1Geometry()
+        self.setUp()
+        self.test_CancelLeavesSceneUnchanged()
+        self.setUp()
+        self.test_RefusedInputAddsNothing()
+
+    def _loadCase(self):
+        """The sample T1 and T2, put in a patient/study folder as a DICOM import would."""
+        nodes = sampledata.loadSampleCase("mri", roles=("t1n", "t2w"), folder=self.sampleDataFolder)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "MedDiffusion sample patient")
+        study = hierarchy.CreateStudyItem(patient, "MRI study")
+        for node in nodes.values():
+            hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node), study)
+        return nodes["t1n"], nodes["t2w"]
+
+    def _sceneState(self):
+        return sorted(slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes()))
+
+    def _temporaryFolders(self):
+        from MedDiffusionLib.job import temporaryFolder
+
+        return {n for n in os.listdir(temporaryFolder()) if n.startswith("MedDiffusion-")}
+
+    def test_SyntheticT1cKeepsT1Geometry(self):
+        import numpy as np
+
+        self.delayDisplay("Synthesizing T1c from the sample MRI")
+        t1, t2 = self._loadCase()
+        t1Before, t2Before = slicer.util.arrayFromVolume(t1).copy(), slicer.util.arrayFromVolume(t2).copy()
+        storageBefore, foldersBefore = t1.GetStorageNodeID(), self._temporaryFolders()
+        logic = MedDiffusionTranslationLogic()
+        card = logic.model(self.modelName, "cdm")
+        progress = []
+        outputs = logic.process(t1, t2, targets=["t1c"], modelName=card.name, steps=self.steps, samples=2, seed=3,
+                                device=self.device, onProgress=lambda f, m: progress.append((f, m)))
+        self.assertEqual(sorted(outputs), ["t1c", "t1c_std"])
+        synthetic, uncertainty = outputs["t1c"], outputs["t1c_std"]
+        for node in (synthetic, uncertainty):
+            self.assertTrue(np.array_equal(exchange.ijkToRas(node), exchange.ijkToRas(t1)), "geometry differs from the T1's")
+            self.assertEqual(node.GetImageData().GetDimensions(), t1.GetImageData().GetDimensions())
+            self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(node.GetID()))
+            self.assertEqual(node.GetAttribute(scene.SYNTHETIC), "true")
+            self.assertEqual(node.GetAttribute(scene.MODEL), card.name)
+            self.assertEqual(node.GetAttribute(scene.MODEL_VERSION), str(card.version))
+        self.assertEqual(synthetic.GetName(), f"{t1.GetName()} synthetic T1c (CDM)")
+        self.assertEqual(uncertainty.GetName(), f"{t1.GetName()} synthetic T1c (CDM) uncertainty")
+        values, spread = slicer.util.arrayFromVolume(synthetic), slicer.util.arrayFromVolume(uncertainty)
+        self.assertTrue(np.isfinite(values).all() and np.isfinite(spread).all())
+        self.assertGreaterEqual(float(values.min()), 0.0)
+        self.assertLessEqual(float(values.max()), 1000.0)  # model range [-1, 1] -> [0, 1000]
+        self.assertGreater(float(values.std()), 0.0)
+        self.assertGreaterEqual(float(spread.min()), 0.0)
+        self.assertTrue(any(m.startswith("slice ") for _, m in progress), "no slice progress was reported")
+        self.assertEqual(uncertainty.GetDisplayNode().GetColorNodeID(), scene.UNCERTAINTY_COLOR_NODE_ID)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(t1))
+        self.assertEqual(hierarchy.GetItemLevel(study), "Study")
+        for node in (synthetic, uncertainty):
+            self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)), study)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(t1), t1Before), "the T1 input was modified")
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(t2), t2Before), "the T2 input was modified")
+        self.assertEqual(t1.GetStorageNodeID(), storageBefore)
+        self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        from MedDiffusionExtension.errors import Cancelled
+
+        self.delayDisplay("Cancelling a synthesis")
+        t1, t2 = self._loadCase()
+        logic = MedDiffusionTranslationLogic()
+        logic.getParameterNode()  # created before the snapshot: it is not an output
+        before, foldersBefore = self._sceneState(), self._temporaryFolders()
+
+        def cancelAtFirstSlice(fraction, message):
+            if message.startswith("slice"):
+                logic.cancel()
+
+        with self.assertRaises(Cancelled):
+            logic.process(t1, t2, targets=["t1c"], modelName=logic.model(self.modelName).name, steps=self.steps,
+                          samples=1, device=self.device, batchSize=1, onProgress=cancelAtFirstSlice)
+        self.assertEqual(self._sceneState(), before)
+        self.assertFalse(logic.isRunning)
+        self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")
+
+    def test_RefusedInputAddsNothing(self):
+        import numpy as np
+        from MedDiffusionExtension.errors import InputError
+
+        self.delayDisplay("A volume the runner refuses")
+        t1, _t2 = self._loadCase()
+        # Every voxel the same: the runner refuses it in one line, exit code 2.
+        flat = slicer.util.addVolumeFromArray(np.full((4, 24, 24), 7.0, np.float32), name="flat")
+        logic = MedDiffusionTranslationLogic()
+        logic.getParameterNode()
+        before, foldersBefore = self._sceneState(), self._temporaryFolders()
+        with self.assertRaises(InputError) as raised:
+            logic.process(flat, t1, modelName=logic.model(self.modelName).name, steps=self.steps,
+                          device=self.device)
+        self.assertTrue(str(raised.exception).strip(), "the refusal should say why")
+        self.assertEqual(self._sceneState(), before)
+        self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")

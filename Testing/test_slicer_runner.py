@@ -1,0 +1,230 @@
+"""The background runner and its client, without Slicer: the job protocol, progress lines, refusals in one line,
+SIGTERM as cancellation, killing the whole process tree, and the dependency list the Slicer modules install."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedDiffusionExtension import runner
+from MedDiffusionExtension.volume import Volume, read_volume, write_volume
+
+from slicer_compat.fixtures import MODULE_FOLDERS, brain_case, ct_case, oblique_ijk_to_ras
+
+sys.path.append(str(MODULE_FOLDERS[0]))  # MedDiffusionLib.process and .dependencies import neither slicer nor qt
+from MedDiffusionLib import dependencies, process  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from tiny_models import write_micro_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {"cdm": write_micro_model(root, "cdm", sampling_steps=2), "sdseg": write_micro_model(root, "sdseg", seed=2)}
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    matrix = oblique_ijk_to_ras()
+    brain, ct = brain_case(rng), ct_case(rng)
+    return {"t1": write_volume(Volume(brain["t1n"], matrix), folder / "t1.nrrd"),
+            "t2": write_volume(Volume(brain["t2w"], matrix), folder / "t2.nrrd"),
+            "ct": write_volume(Volume(ct["image"], matrix), folder / "ct.nrrd")}
+
+
+def write_job(folder: Path, **job) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.json"
+    path.write_text(json.dumps(job, default=str))
+    return path
+
+
+def run_in_process(job_path) -> tuple[int, list[str]]:
+    stream = io.StringIO()
+    code = runner.main([str(job_path)], stream=stream, install_signal_handlers=False)
+    return code, stream.getvalue().splitlines()
+
+
+def test_segment_job_streams_progress_and_writes_outputs_on_the_input_grid(tmp_path, models, volumes):
+    job = write_job(tmp_path, task="segment", model=str(models["sdseg"]), inputs={"image": str(volumes["ct"])},
+                    outputs={"labels": "out/labels.nrrd", "probability": "out/probability.nrrd"},
+                    steps=1, samples=2, threshold=0.5, seed=0, device="cpu", batch_size=3)
+    code, lines = run_in_process(job)
+    assert code == runner.EXIT_OK and lines[-1] == "DONE"
+    slices = [line for line in lines if line.startswith("PROGRESS") and " slice " in line]
+    # 8 slices in batches of 3: 0/8, 3/8, 6/8, 8/8, with fractions that match.
+    assert [line.split()[3] for line in slices] == ["0/8", "3/8", "6/8", "8/8"]
+    assert [float(line.split()[1]) for line in slices] == [0.0, 0.375, 0.75, 1.0]
+    ct = read_volume(volumes["ct"])
+    labels, probability = read_volume(tmp_path / "out/labels.nrrd"), read_volume(tmp_path / "out/probability.nrrd")
+    for output in (labels, probability):
+        assert output.shape == ct.shape
+        np.testing.assert_allclose(output.ijk_to_ras, ct.ijk_to_ras, atol=1e-5)
+    assert labels.array.dtype == np.uint8 and set(np.unique(labels.array)) <= {0, 1}
+    assert 0.0 <= probability.array.min() and probability.array.max() <= 1.0
+    np.testing.assert_array_equal(labels.array == 1, probability.array > 0.5)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels.nrrd", "probability.nrrd"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"outputs": {"labels": "l.nrrd", "probability": "p.nrrd"}}, "outputs must be exactly labels"),
+    ({"model": "no-such-model"}, "unknown model"),
+    ({"inputs": {"image": "missing.nrrd"}}, "does not exist"),
+    ({"task": "denoise"}, "task is one of"),
+    ({"samples": 0}, "samples must be a whole number of at least 1, got 0"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"model": None}, "names no model"),
+])
+def test_bad_jobs_are_refused_in_one_line_with_exit_code_2(tmp_path, models, volumes, change, fragment):
+    job = dict(task="segment", model=str(models["sdseg"]), inputs={"image": str(volumes["ct"])},
+               outputs={"labels": "l.nrrd"}, samples=1, device="cpu")
+    code, lines = run_in_process(write_job(tmp_path, **{**job, **change}))
+    assert code == runner.EXIT_INPUT
+    errors = [line for line in lines if not line.startswith("PROGRESS ")]
+    assert len(errors) == 1 and errors[0].startswith("ERROR ") and fragment in errors[0]
+    assert not list(tmp_path.glob("*.nrrd"))
+
+
+def test_devices_menu_starts_with_auto_and_cpu():
+    stream = io.StringIO()
+    assert runner.main(["--devices"], stream=stream) == runner.EXIT_OK
+    devices = json.loads(stream.getvalue())
+    assert [d[0] for d in devices[:2]] == ["auto", "cpu"]
+
+
+def _client(job_path, **kwargs) -> process.RunnerProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return process.RunnerProcess([str(job_path)], env=env, **kwargs)
+
+
+def test_client_cancel_stops_the_runner_through_sigterm_and_nothing_is_written(tmp_path, models, volumes):
+    job = write_job(tmp_path, task="translate", model=str(models["cdm"]), inputs={"t1": str(volumes["t1"]), "t2": str(volumes["t2"])},
+                    outputs={"t1c": "out/t1c.nrrd"}, targets=["t1c"], samples=1, device="cpu", batch_size=1)
+    seen = []
+    client = _client(job)
+
+    def on_progress(fraction, message):
+        seen.append(message)
+        if message.startswith("slice"):
+            client.cancel()
+
+    client.onProgress = on_progress
+    outcome = client.start().wait(timeout=120)
+    assert outcome.status == process.CANCELLED
+    assert outcome.returnCode == runner.EXIT_CANCELLED  # the runner stopped itself: SIGTERM became cancellation
+    assert seen[-1] == "slice 0/8"  # no progress is passed on after Cancel
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_client_reports_success_refusal_and_crash(tmp_path, models, volumes):
+    ok = write_job(tmp_path / "ok", task="segment", model=str(models["sdseg"]), inputs={"image": str(volumes["ct"])},
+                   outputs={"labels": str(tmp_path / "labels.nrrd")}, device="cpu")
+    outcome = _client(ok).start().wait(timeout=120)
+    assert (outcome.status, outcome.returnCode) == (process.DONE, 0) and (tmp_path / "labels.nrrd").is_file()
+
+    refused = write_job(tmp_path / "refused", task="segment", model="no-such-model", inputs={"image": str(volumes["ct"])},
+                        outputs={"labels": "x.nrrd"}, device="cpu")
+    outcome = _client(refused).start().wait(timeout=120)
+    assert outcome.status == process.INPUT_ERROR and outcome.message.startswith("unknown model 'no-such-model'")
+
+    crash = _client(ok)
+    crash.command = [sys.executable, "-c", "import sys; print('Traceback: boom', file=sys.stderr); sys.exit(3)"]
+    outcome = crash.start().wait(timeout=60)
+    assert outcome.status == process.FAILED and outcome.returnCode == 3 and "boom" in outcome.message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a killed orphan may stay a zombie until PID 1 reaps it
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "TERMINATE_GRACE_SECONDS", 0.5)
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a runner stuck in a long GPU call
+        child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        open({str(pids)!r}, "w").write(f"{{child.pid}}")
+        print("PROGRESS 0.000 slice 0/4", flush=True)
+        time.sleep(600)
+    """)
+    client = process.RunnerProcess([])
+    client.command = [sys.executable, "-c", script]
+    client.onProgress = lambda fraction, message: client.cancel()
+    started = time.monotonic()
+    outcome = client.start().wait(timeout=60)
+    assert outcome.status == process.CANCELLED
+    assert time.monotonic() - started < 30
+    child = int(pids.read_text())
+    for _ in range(50):  # SIGKILL is delivered asynchronously
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(client.process.pid) and not _alive(child)
+
+
+# -- dependencies installed inside Slicer ----------------------------------------------------------------------------
+
+def _third_party_imports(paths) -> set[str]:
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found |= {n.split(".")[0] for n in names}
+    return {n for n in found if n not in sys.stdlib_module_names and n != "MedDiffusionExtension" and n != "__future__"}
+
+
+def test_dependency_list_covers_every_package_the_runner_imports():
+    backend = REPO / "MedDiffusionExtension"
+    used = [backend / "runner.py", backend / "device.py", backend / "errors.py", backend / "progress.py"]
+    for folder in ("volume", "pipelines", "weights", "diffusion", "models"):
+        used += sorted((backend / folder).glob("*.py"))
+    imported = _third_party_imports(used)
+    allowed = {r.module for r in dependencies.REQUIRED} | set(dependencies.NEVER_REINSTALL)
+    assert imported <= allowed, f"add to MedDiffusionLib/dependencies.py: {sorted(imported - allowed)}"
+    assert {"torch", "nibabel", "safetensors", "scipy"} <= imported
+
+
+def test_missing_and_outdated_packages_are_planned_without_touching_slicers_own():
+    installed = {"torch": "2.0.1+cu118", "safetensors": "0.4.2", "nibabel": None, "scipy": "1.11.0rc1",
+                 "numpy": "1.26.4", "SimpleITK": "2.3.1", "requests": "2.31.0"}
+    missing = dependencies.missingRequirements(findSpec=lambda m: None if installed.get(m) is None else object(),
+                                               version=installed.get)
+    assert [r.module for r in missing] == ["torch", "nibabel"]  # torch 2.0 < 2.1; nibabel absent
+    assert dependencies.installPlan(missing, pytorchUtilsAvailable=True) == [
+        "torch>=2.1 (via the PyTorch extension (PyTorchUtils))", "nibabel>=5.0 (via pip)"]
+    assert dependencies.installPlan(missing, pytorchUtilsAvailable=False)[0] == "torch>=2.1 (via pip)"
+    assert dependencies.constraintLines(version=installed.get) == [
+        "SimpleITK==2.3.1", "numpy==1.26.4", "requests==2.31.0"]
+    assert not any(r.distribution in dependencies.NEVER_REINSTALL for r in dependencies.REQUIRED)
+
+
+def test_restart_is_needed_only_when_a_replaced_package_is_already_loaded():
+    torch = next(r for r in dependencies.REQUIRED if r.module == "torch")
+    nibabel = next(r for r in dependencies.REQUIRED if r.module == "nibabel")
+    assert dependencies.needsRestart([torch]) == ("torch" in sys.modules)
+    assert dependencies.needsRestart([nibabel]) == ("nibabel" in sys.modules)
+    assert dependencies.missingRequirements() == []  # this environment has everything
