@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the bundled default models (Resources/Models) on this project's phantoms, on a CPU.
-#   bash training/train_bundled.sh [cdm|sdseg|data|all]
+#   bash training/train_bundled.sh [cdm|sdseg|data|all]    (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
 # Budgets are optimizer steps sized for a 2-core CPU (about 30 min per method); scale them up on a GPU.
 set -euo pipefail
@@ -10,6 +10,8 @@ RUNS=${RUNS:-runs}
 what=${1:-all}
 
 train() { "$PY" -m training train --no-progress --log-every 25 --ckpt-every 100000 "$@"; }
+from=${FROM:-}
+run_stage() { [[ -z $from || $from == "$1" ]] && { from=; return 0; }; return 1; }
 export_model() { "$PY" -m training export --checkpoint "$1" --out "$2"; }
 
 if [[ $what == data || $what == all ]]; then
@@ -19,30 +21,30 @@ fi
 
 if [[ $what == cdm || $what == all ]]; then
   common=(--recipe cdm --set data_root=data/brats_phantoms --set cache_dir=cache/cdm --optimizer adam --weight-decay 1e-5)
-  train "${common[@]}" --set stage=mrm --out-dir "$RUNS/cdm-mrm" --max-steps ${CDM_MRM_STEPS:-400} --batch-size 16 \
+  run_stage mrm && train "${common[@]}" --set stage=mrm --out-dir "$RUNS/cdm-mrm" --max-steps ${CDM_MRM_STEPS:-400} --batch-size 16 \
     --lr 1e-3 --warmup-steps 40 --lr-schedule cosine
-  export_model "$RUNS/cdm-mrm" "$RUNS/cdm-mrm/model"
-  train "${common[@]}" --set stage=mdn --set init="$RUNS/cdm-mrm/model" --out-dir "$RUNS/cdm-mdn" \
-    --max-steps ${CDM_MDN_STEPS:-1500} --batch-size 64 --lr 1e-3 --warmup-steps 100 --lr-schedule cosine --ema-decay 0.999
+  [[ -z $from ]] && export_model "$RUNS/cdm-mrm" "$RUNS/cdm-mrm/model"
+  run_stage mdn && train "${common[@]}" --set stage=mdn --set init="$RUNS/cdm-mrm/model" --out-dir "$RUNS/cdm-mdn" \
+    --max-steps ${CDM_MDN_STEPS:-500} --batch-size 64 --lr 1e-3 --warmup-steps 100 --lr-schedule cosine --ema-decay 0.999
   export_model "$RUNS/cdm-mdn" "$RUNS/cdm-mdn/model"
   train "${common[@]}" --set stage=cunet --set init="$RUNS/cdm-mdn/model" --out-dir "$RUNS/cdm-cunet" \
-    --max-steps ${CDM_CUNET_STEPS:-700} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
+    --max-steps ${CDM_CUNET_STEPS:-500} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/cdm-cunet" Resources/Models/cdm-tiny-phantom
   # Ablation M1: the same UNet without the representation, same data and budget.
   train "${common[@]}" --set stage=unet --set name=cunet-m1-tiny-phantom --out-dir "$RUNS/cdm-unet" \
-    --max-steps ${CDM_CUNET_STEPS:-700} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
+    --max-steps ${CDM_CUNET_STEPS:-500} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/cdm-unet" "$RUNS/cunet-m1-tiny-phantom"
 fi
 
 if [[ $what == sdseg || $what == all ]]; then
   common=(--recipe sdseg --set data_root=data/btcv_phantoms --set cache_dir=cache/sdseg --optimizer adamw)
-  train "${common[@]}" --set stage=autoencoder --out-dir "$RUNS/sdseg-ae" --max-steps ${SDSEG_AE_STEPS:-400} \
+  train "${common[@]}" --set stage=autoencoder --out-dir "$RUNS/sdseg-ae" --max-steps ${SDSEG_AE_STEPS:-150} \
     --batch-size 8 --lr 1e-3 --warmup-steps 20 --lr-schedule cosine
   export_model "$RUNS/sdseg-ae" "$RUNS/sdseg-ae/model"
   train "${common[@]}" --set stage=ldm --set init="$RUNS/sdseg-ae/model" --out-dir "$RUNS/sdseg-ldm" \
-    --max-steps ${SDSEG_LDM_STEPS:-600} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
+    --max-steps ${SDSEG_LDM_STEPS:-400} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/sdseg-ldm" Resources/Models/sdseg-tiny-phantom
   train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet" \
-    --max-steps ${SDSEG_SEGUNET_STEPS:-300} --batch-size 8 --lr 1e-3 --warmup-steps 20 --lr-schedule cosine --ema-decay 0.995
+    --max-steps ${SDSEG_SEGUNET_STEPS:-150} --batch-size 8 --lr 1e-3 --warmup-steps 20 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/sdseg-segunet" "$RUNS/segunet-tiny-phantom"
 fi

@@ -1,4 +1,8 @@
-"""Reading and writing model folders: SHA-256 checked before any tensor is read, safetensors only (never pickle)."""
+"""Reading and writing model folders: SHA-256 checked before any tensor is read, safetensors only (never pickle).
+
+torch is imported only when tensors are read or written, so a model list can be shown (e.g. in Slicer before its
+dependencies are installed) without it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .card import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card, validate_card
 from .registry import ModelRegistry
+
+if TYPE_CHECKING:
+    import torch
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -45,11 +49,15 @@ def load_model(name_or_path: str | Path, task: str | None = None, registry: Mode
             f"weights of model {card.name!r} do not match their card (sha256 {actual[:12]}… != {card.data['sha256'][:12]}…); "
             "the file is corrupt or was changed: reinstall or re-export the model"
         )
+    from safetensors.torch import load_file
+
     return LoadedModel(card, load_file(str(weights)))
 
 
 def save_model(directory: Path, tensors: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
     """Write model.safetensors + card.json (with the weights' sha256) into `directory`, atomically as a folder."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
