@@ -77,6 +77,7 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         f"# SDSeg evaluation: {model.card.name} {model.card.version}", "",
         f"{len(cases)} held-out cases ({args.split} split of `{args.data_root}`): {', '.join(c.case_id for c in cases)}. "
         f"Device: {args.device} on {platform.machine()}. {args.command_note}", "",
+        f"Made with: `{getattr(args, 'command_line', '')}`", "",
         "Target: union of all labelled organs (the paper's BTCV setting). Dice, IoU and HD95 (mm, with the CT's "
         "voxel spacing) per 3D volume at the original resolution, then mean ± std over volumes. Empty-mask "
         "convention: both empty → Dice 1, HD95 0; one empty → Dice 0, HD95 ∞ (excluded from the HD95 mean, counted).", "",

@@ -141,6 +141,7 @@ def _report(args, model, cases, rows, sweep, consistency, timings, default_steps
         f"# CDM evaluation: {model.card.name} {model.card.version}", "",
         f"{len(cases)} held-out cases ({args.split} split of `{args.data_root}`, layout {args.layout}): "
         f"{', '.join(c.case_id for c in cases)}. Device: {args.device} on {platform.machine()}. {args.command_note}", "",
+        f"Made with: `{getattr(args, 'command_line', '')}`", "",
         "Metrics on [0, 1] (each volume normalized by its own 0.5/99.5 foreground percentiles, as the model sees it; "
         f"data range 1). 2D: mean over axial slices with ≥ {MIN_FOREGROUND:.0%} brain; 3D: whole volume.", "",
         "## Table 1 analogue (2D slice averages)", "", markdown_table(header, table1), "",
