@@ -178,3 +178,25 @@ def test_engine_refuses_unusable_volumes(array, message):
 def test_wrong_channel_count_from_a_model_is_an_error(axial):
     with pytest.raises(RuntimeError, match="channels"):
         run_slicewise([EngineInput(axial, "x")], IDENTITY, 2, None, RunOptions())
+
+
+def test_out_of_memory_halves_the_batch_and_retries_the_same_slices(axial):
+    sizes = []
+
+    def hungry(batch):
+        sizes.append(batch.images.shape[0])
+        if batch.images.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch.images
+
+    out = run_slicewise([EngineInput(axial, "x")], hungry, 1, None, RunOptions(batch_size=8))
+    np.testing.assert_array_equal(out[0], axial.array)
+    assert sizes[:3] == [8, 4, 2] and set(sizes[2:]) == {2}
+
+
+def test_out_of_memory_with_one_slice_is_a_clear_error(axial):
+    def hopeless(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(InputError, match="out of memory"):
+        run_slicewise([EngineInput(axial, "x")], hopeless, 1, None, RunOptions(batch_size=2))

@@ -106,12 +106,13 @@ def run_slicewise(
             try:
                 result = _run_batch(axial_arrays, range(start, stop), fitter, fills, slice_model, device, options)
             except RuntimeError as error:
-                if device.type != "cuda" or not is_out_of_memory(error):
+                if not is_out_of_memory(error):
                     raise
                 release_cached_memory(device)
                 if batch_size == 1:
-                    raise InputError("the GPU ran out of memory even for one slice; free GPU memory or use --device cpu") from None
+                    raise InputError(f"out of memory on {device} even for one slice; free memory or use another --device") from None
                 batch_size //= 2  # halve and retry the same slices
+                report(options.progress, start / n_slices, f"out of memory: batch size halved to {batch_size}")
                 continue
             if result.shape[1] != out_channels:
                 raise RuntimeError(f"slice model returned {result.shape[1]} channels, expected {out_channels}")
