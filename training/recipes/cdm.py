@@ -14,20 +14,18 @@ from pathlib import Path
 
 import torch
 
-from MedDiffusionExtension.diffusion import NoiseSchedule, training_target
-from MedDiffusionExtension.errors import InputError
+from MedDiffusionExtension.diffusion import training_target
 from MedDiffusionExtension.models import CDM_CONFIGS, build_model
 
 from ..data import TranslationSlices, read_mri_cases, split_by_volume
-from . import Recipe
-from .common import LICENSE, PHANTOM_NOTICE, load_stage, mse
+from .common import LICENSE, PHANTOM_NOTICE, StagedRecipe, load_stage, mse
 
 STAGES = ("mrm", "mdn", "cunet", "unet")
 CITATION = ("Xing Z, Yang S, Chen S, Ye T, Yang Y, Qin J, Zhu L. Cross-conditioned Diffusion Model for Medical Image "
             "to Image Translation. MICCAI 2024.")
 
 
-class CDMRecipe(Recipe):
+class CDMRecipe(StagedRecipe):
     defaults = {
         "stage": "mrm",
         "init": None,  # model folder exported by the previous stage
@@ -45,17 +43,10 @@ class CDMRecipe(Recipe):
         "version": "0.1.0",
     }
 
-    def __init__(self, config=None, name=None, check_keys=True):
-        super().__init__(config, name, check_keys)
-        if self.config["stage"] not in STAGES:
-            raise InputError(f"stage must be one of {', '.join(STAGES)}, got {self.config['stage']!r}")
-        arch = self.config["architecture"]
-        self.architecture = CDM_CONFIGS[arch] if isinstance(arch, str) else arch
-        self.schedule = NoiseSchedule(**self.config["schedule"])
+    stages = STAGES
 
-    @property
-    def stage(self) -> str:
-        return self.config["stage"]
+    def architecture_table(self):
+        return CDM_CONFIGS
 
     def build_model(self):
         if self.stage == "unet":
@@ -117,7 +108,9 @@ class CDMRecipe(Recipe):
             "architecture": self.architecture if method == "cdm" else
             {"image_size": self.architecture["image_size"], "cunet": {**self.architecture["cunet"], "conditioned": False}},
             "sampling": {"schedule": self.config["schedule"], "prediction_type": self.config["prediction_type"],
-                         "steps": self.config["sampling_steps"], "eta": 0.0, "timestep_spacing": "leading"},
+                         "steps": self.config["sampling_steps"], "eta": 0.0, "timestep_spacing": "leading",
+                         # the last DDIM step lands on x0_hat itself, not on the slightly noisy abar_0 level
+                         "set_alpha_to_one": True},
             "metrics": {},
             "license": LICENSE,
             "citation": CITATION,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from MedDiffusionExtension.diffusion import NoiseSchedule
 from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.weights import load_model
+
+from . import Recipe
 
 LICENSE = "Apache-2.0 (code and weights)"
 PHANTOM_NOTICE = (
@@ -31,3 +35,31 @@ def load_stage(model: nn.Module, init: str | None) -> nn.Module:
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean((a.float() - b.float()) ** 2)
+
+
+class StagedRecipe(Recipe):
+    """A method trained in stages, one trainer run each (config "stage"), with a named or explicit architecture
+    (config "architecture") and a noise schedule (config "schedule")."""
+
+    stages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config=None, name=None, check_keys=True):
+        super().__init__(config, name, check_keys)
+        if self.stage not in self.stages:
+            raise InputError(f"stage must be one of {', '.join(self.stages)}, got {self.stage!r}")
+        architecture = self.config["architecture"]
+        if isinstance(architecture, str):
+            table = self.architecture_table()
+            if architecture not in table:
+                raise InputError(f"unknown architecture {architecture!r}; use one of {', '.join(table)} or a config dict")
+            architecture = table[architecture]
+        self.architecture = architecture
+        self.schedule = NoiseSchedule(**self.config["schedule"])
+
+    @property
+    def stage(self) -> str:
+        return self.config["stage"]
+
+    def architecture_table(self) -> dict[str, dict]:
+        """Named architectures for this stage (e.g. {"tiny": ..., "paper": ...})."""
+        raise NotImplementedError

@@ -13,20 +13,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from MedDiffusionExtension.diffusion import NoiseSchedule, x0_and_eps_from_output
-from MedDiffusionExtension.errors import InputError
+from MedDiffusionExtension.diffusion import x0_and_eps_from_output
 from MedDiffusionExtension.models import SDSEG_CONFIGS, SEGUNET_CONFIGS, build_model
 
 from ..data import SegmentationSlices, btcv_split, read_btcv
-from . import Recipe
-from .common import LICENSE, PHANTOM_NOTICE, load_stage
+from .common import LICENSE, PHANTOM_NOTICE, StagedRecipe, load_stage
 
 STAGES = ("autoencoder", "ldm", "segunet")
 CITATION = ("Lin T, Chen Z, Yan Z, Yu W, Zheng F. Stable Diffusion Segmentation for Biomedical Images with "
             "Single-step Reverse Process. MICCAI 2024.")
 
 
-class SDSegRecipe(Recipe):
+class SDSegRecipe(StagedRecipe):
     defaults = {
         "stage": "autoencoder",
         "init": None,
@@ -42,18 +40,10 @@ class SDSegRecipe(Recipe):
         "version": "0.1.0",
     }
 
-    def __init__(self, config=None, name=None, check_keys=True):
-        super().__init__(config, name, check_keys)
-        if self.config["stage"] not in STAGES:
-            raise InputError(f"stage must be one of {', '.join(STAGES)}, got {self.config['stage']!r}")
-        arch = self.config["architecture"]
-        table = SEGUNET_CONFIGS if self.stage == "segunet" else SDSEG_CONFIGS
-        self.architecture = table[arch] if isinstance(arch, str) else arch
-        self.schedule = NoiseSchedule(**self.config["schedule"])
+    stages = STAGES
 
-    @property
-    def stage(self) -> str:
-        return self.config["stage"]
+    def architecture_table(self):
+        return SEGUNET_CONFIGS if self.stage == "segunet" else SDSEG_CONFIGS
 
     def build_model(self):
         if self.stage == "segunet":
@@ -133,7 +123,9 @@ class SDSegRecipe(Recipe):
             "normalization": {"kind": "ct_window", "window": list(self.config["window"])},
             "architecture": self.architecture,
             "sampling": {"schedule": self.config["schedule"], "prediction_type": "epsilon", "steps": 1, "eta": 0.0,
-                         "timestep_spacing": "trailing"},
+                         # trailing spacing starts multi-step DDIM at t = 999 like the single step; the last step
+                         # lands on the z0 estimate itself
+                         "timestep_spacing": "trailing", "set_alpha_to_one": True},
             "metrics": {},
             "license": LICENSE,
             "citation": CITATION,
