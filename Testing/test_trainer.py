@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
 from MedDiffusionExtension.weights import load_model, read_card  # noqa: E402
 from Testing.toy_recipe import ToyRecipe  # noqa: E402
 from training.checkpoint import checkpoint_path, export, list_checkpoints, load_checkpoint  # noqa: E402
+from training.ema import warmed_up_decay  # noqa: E402
 from training.cli import main as cli_main  # noqa: E402
 from training.schedules import lr_factor  # noqa: E402
 from training.trainer import Trainer, TrainConfig  # noqa: E402
@@ -72,10 +73,11 @@ def test_loss_decreases_and_logs_are_written(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
 
 
-def test_ema_follows_its_formula(tmp_path):
-    decay = 0.9
-    one, _ = run(tmp_path / "one", max_steps=1, ema_decay=decay)
-    two, _ = run(tmp_path / "two", max_steps=2, ema_decay=decay)
+def test_ema_follows_its_formula_with_warm_up(tmp_path):
+    decay = warmed_up_decay(0.9, 1)  # the second update: min(0.9, 2 / 11)
+    assert decay == pytest.approx(2 / 11) and warmed_up_decay(0.9, 1000) == 0.9
+    one, _ = run(tmp_path / "one", max_steps=1, ema_decay=0.9)
+    two, _ = run(tmp_path / "two", max_steps=2, ema_decay=0.9)
     weights_1, weights_2 = one.model.state_dict(), two.model.state_dict()
     ema_1, ema_2 = one.ema.module.state_dict(), two.ema.module.state_dict()
     for key in weights_1:
