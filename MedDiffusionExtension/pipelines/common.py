@@ -31,4 +31,5 @@ def make_sampler(sampling: dict, steps: int | None) -> DDIMSampler:
     if steps > schedule.num_steps:
         raise InputError(f"--steps {steps} exceeds the model's {schedule.num_steps} training timesteps")
     return DDIMSampler(schedule, steps, eta=sampling.get("eta", 0.0), timestep_spacing=sampling.get("timestep_spacing", "leading"),
-                       steps_offset=sampling.get("steps_offset", 0), clip_sample=sampling.get("clip_sample"))
+                       steps_offset=sampling.get("steps_offset", 0), clip_sample=sampling.get("clip_sample"),
+                       set_alpha_to_one=sampling.get("set_alpha_to_one", False))
