@@ -27,10 +27,13 @@ class IntensityScaling:
     clip: bool = True
 
     def forward(self, array: np.ndarray) -> np.ndarray:
-        scaled = (np.asarray(array, dtype=np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+        # float32 throughout, in place after the first copy: a 512x512x300 CT must not grow float64 temporaries.
+        scaled = np.subtract(array, self.low, dtype=np.float32)
+        scaled *= np.float32(2.0 / (self.high - self.low))
+        scaled -= np.float32(1.0)
         if self.clip:
             np.clip(scaled, -1.0, 1.0, out=scaled)
-        return scaled.astype(np.float32)
+        return scaled
 
     def inverse(self, array: np.ndarray) -> np.ndarray:
         restored = (np.asarray(array, dtype=np.float64) + 1.0) * ((self.high - self.low) / 2.0) + self.low
