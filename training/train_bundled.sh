@@ -48,7 +48,7 @@ if [[ $what == sdseg || $what == all ]]; then
     --max-steps ${SDSEG_LDM_STEPS:-400} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
   # The bundled model then got a second cosine cycle (a warm restart: resume with a longer schedule).
   train "${common[@]}" --set stage=ldm --set init="$RUNS/sdseg-ae/model" --out-dir "$RUNS/sdseg-ldm" --resume auto \
-    --max-steps ${SDSEG_LDM_TOTAL_STEPS:-700} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
+    --max-steps ${SDSEG_LDM_TOTAL_STEPS:-600} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/sdseg-ldm" Resources/Models/sdseg-tiny-phantom --raw-weights
   train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet" \
     --max-steps ${SDSEG_SEGUNET_STEPS:-150} --batch-size 8 --lr 1e-3 --warmup-steps 20 --lr-schedule cosine --ema-decay 0.995
