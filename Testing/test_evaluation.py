@@ -33,7 +33,7 @@ def test_translation_evaluation_writes_tables_and_figure(tmp_path, models):
         assert heading in report
     results = json.loads((out / "results.json").read_text())
     methods = [row[0] for row in results["table1"]]
-    assert methods[0].startswith("Copy source") and any(m.startswith("CDM") for m in methods)
+    assert methods[0].startswith("Copy source") and any(m.startswith("cdm-micro-test") for m in methods)
     assert [row[0] for row in results["table4"]] == [3, 10, 20, 30, 40]  # the card's 3 steps plus the paper's sweep
     assert all(0 < row[2] <= 1 for row in results["table1"])  # SSIM in range
     assert matplotlib.image.imread(out / "case.png").shape[0] > 300

@@ -39,16 +39,21 @@ def test_cdm_three_stages_then_translate(tmp_path, brats_root):
     common = ["--set", f"data_root={brats_root}", "--set", f"cache_dir={tmp_path / 'cache'}",
               "--set", f"architecture={json.dumps(MICRO_CDM)}", "--set", "sampling_steps=3"]
     mrm = _train(tmp_path, "cdm", "mrm", tmp_path / "mrm", extra=common)
-    mdn = _train(tmp_path, "cdm", "mdn", tmp_path / "mdn", extra=[*common, "--set", f"init={mrm}"])
-    final = _train(tmp_path, "cdm", "cunet", tmp_path / "cunet", extra=[*common, "--set", f"init={mdn}"])
+    cunet = _train(tmp_path, "cdm", "cunet", tmp_path / "cunet", extra=[*common, "--set", f"init={mrm}"])
+    final = _train(tmp_path, "cdm", "mdn", tmp_path / "mdn",
+                   extra=[*common, "--set", f"init={cunet}", "--set", "mdn_source_condition=true"])
 
-    # Each stage changes only its own network: the MRM trained in stage 1 is carried through unchanged.
-    first, last = load_file(str(mrm / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    # Each stage changes only its own network: what earlier stages trained is carried through unchanged.
+    first, middle = load_file(str(mrm / "model.safetensors")), load_file(str(cunet / "model.safetensors"))
+    last = load_file(str(final / "model.safetensors"))
     assert all(torch.equal(first[k], last[k]) for k in first if k.startswith("mrm."))
-    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("cunet."))
+    assert all(torch.equal(middle[k], last[k]) for k in middle if k.startswith("cunet."))
+    assert any(not torch.equal(first[k], middle[k]) for k in first if k.startswith("cunet."))
+    assert any(k.startswith("mdn.source_mlp.") for k in last)  # the grown MDN starts fresh where it is new
 
     loaded = load_model(final)
     assert loaded.card.data["training"]["command"].startswith("python -m training train --recipe cdm")
+    assert loaded.card.data["architecture"]["mdn"]["source_condition_dim"] == MICRO_CDM["representation_dim"]
     case = next(brats_root.iterdir())
     t1, t2 = (read_volume(next(case.glob(f"*-{m}.nii.gz"))) for m in ("t1n", "t2w"))
     out = translate(t1, t2, loaded, ["t1c", "t2f"])

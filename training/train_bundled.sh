@@ -30,8 +30,13 @@ if [[ $what == cdm || $what == all ]]; then
   run_stage cunet && train "${common[@]}" --set stage=cunet --set init="$RUNS/cdm-mrm/model" --out-dir "$RUNS/cdm-cunet" \
     --max-steps ${CDM_CUNET_STEPS:-500} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
   [[ -z $from ]] && export_model "$RUNS/cdm-cunet" "$RUNS/cdm-cunet/model" --raw-weights
-  run_stage mdn && train "${common[@]}" --set stage=mdn --set init="$RUNS/cdm-cunet/model" --out-dir "$RUNS/cdm-mdn" \
+  # The MDN as the paper describes it (unconditional), kept for the evaluation's comparison ...
+  run_stage mdn && train "${common[@]}" --set stage=mdn --set init="$RUNS/cdm-cunet/model" --out-dir "$RUNS/cdm-mdn-unconditional" \
     --max-steps ${CDM_MDN_STEPS:-500} --batch-size 64 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine
+  export_model "$RUNS/cdm-mdn-unconditional" "$RUNS/cdm-tiny-phantom-unconditional-mdn" --name cdm-tiny-phantom-unconditional-mdn
+  # ... and the bundled one, conditioned on the pooled source encoding (see docs/decisions.md).
+  run_stage mdn-source && train "${common[@]}" --set stage=mdn --set mdn_source_condition=true --set init="$RUNS/cdm-cunet/model" \
+    --out-dir "$RUNS/cdm-mdn" --max-steps ${CDM_MDN_STEPS:-500} --batch-size 64 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine
   export_model "$RUNS/cdm-mdn" Resources/Models/cdm-tiny-phantom
   # Ablation M1: the same UNet without the representation, same data and budget.
   run_stage unet && train "${common[@]}" --set stage=unet --set name=cunet-m1-tiny-phantom --out-dir "$RUNS/cdm-unet" \

@@ -72,9 +72,12 @@ def _cdm_slice_model(network, sampling: dict, steps, samples: int, channels: lis
 
     def slice_model(batch: SliceBatch) -> torch.Tensor:
         syntheses = []
+        # A source-conditioned MDN samples the representation given the frozen MRM encoding of (T1, T2).
+        source = network.mrm.represent(batch.images) if network.mdn.source_mlp is not None else None
+        denoise = lambda r, t: network.mdn(r, t, source)  # noqa: E731
         for sample in range(samples):
             noise = batch.randn(representation_dim, stream=sample, same_for_all_slices=per_volume_representation)
-            representation = sampler.sample(network.mdn, noise, prediction_type)
+            representation = sampler.sample(denoise, noise, prediction_type)
             syntheses.append(network.cunet(batch.images, representation)[:, channels].float())
         stacked = torch.stack(syntheses)
         mean = stacked.mean(0)

@@ -16,6 +16,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["test", "all"], help="the paper's test split, or every case")
     parser.add_argument("--model", required=True, help="model name or folder to evaluate")
     parser.add_argument("--baseline", help="non-diffusion baseline model of the same task (M1 UNet / SegUNet)")
+    parser.add_argument("--compare", default="", help="comma-separated further models of the same task, one table row each")
     parser.add_argument("--out", required=True, type=Path, help="folder for results.json, the Markdown table and the figure")
     parser.add_argument("--figure", type=Path, help="PNG path of the case figure (default: OUT/case.png)")
     parser.add_argument("--max-cases", type=int, default=0, help="evaluate at most this many cases (0: all)")

@@ -66,6 +66,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
     cases = limit([c for c in cases if {"t1n", "t2w", "t1c", "t2f"} <= set(c.paths)], args.max_cases)
     model = load_model(args.model, task="translation")
     baseline = load_model(args.baseline, task="translation") if args.baseline else None
+    compared = [load_model(name, task="translation") for name in args.compare.split(",") if name]
     options = RunOptions(device=args.device, batch_size=args.batch_size, seed=0)
     default_steps = model.card.data["sampling"]["steps"]
     rows: dict[str, list[dict]] = {}
@@ -91,6 +92,11 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
             seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], baseline, list(TARGETS), options=options)
             for target in TARGETS:
                 record("UNet (M1, no condition)", target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+        for other in compared:
+            seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], other, list(TARGETS), options=options)
+            for target in TARGETS:
+                record(f"{other.card.name} ({other.card.data['sampling']['steps']} steps)", target,
+                       axial(out[target].array) / 1000.0, reference[target], counted, seconds)
         bound = _upper_bound(model, volumes, options)
         for target in TARGETS:
             record("C-UNet + ground-truth representation (upper bound)", target, axial(bound[target]), reference[target], counted)
@@ -100,7 +106,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
             sweep.setdefault(steps, []).append({"scores": scores, "seconds": seconds})
             if steps == default_steps:
                 for target in TARGETS:
-                    record(f"CDM (MDN-sampled, {steps} steps)", target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+                    record(f"{model.card.name} ({steps} steps)", target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
                 per_slice = out
         per_volume = translate(volumes["t1n"], volumes["t2w"], model, list(TARGETS), options=options, per_volume_representation=True)
         for target in TARGETS:
@@ -164,7 +170,7 @@ def _report(args, model, cases, rows, sweep, consistency, timings, default_steps
     summary = {"cases": [c.case_id for c in cases], "table1": table1, "table3d": table3d, "table4": table4,
                "consistency": energy, "timings": {k: float(np.mean(v)) for k, v in timings.items()}}
     if args.update_card:
-        cdm_row = next(r for r in table1 if r[0].startswith("CDM"))
+        cdm_row = next(r for r in table1 if r[0].startswith(model.card.name))
         update_card_metrics(args.model, {
             "measured_on": f"{len(cases)} held-out synthetic phantom cases ({args.data_root}, {args.split} split)",
             "t1c": {"psnr": cdm_row[1], "ssim": cdm_row[2], "mae": cdm_row[3]},

@@ -39,6 +39,9 @@ class CDMRecipe(StagedRecipe):
         "schedule": {"kind": "linear", "beta_start": 0.0015, "beta_end": 0.0195, "num_steps": 1000},  # RCG
         "prediction_type": "sample",  # RCG's x0-prediction
         "sampling_steps": 30,
+        # The paper's MDN sees no source image. True conditions it on a pooled source encoding: the frozen MRM
+        # encoder applied to (T1, T2), so that the sampled representation fits the slice being translated.
+        "mdn_source_condition": False,
         "name": "cdm-tiny-phantom",
         "version": "0.1.0",
     }
@@ -48,11 +51,17 @@ class CDMRecipe(StagedRecipe):
     def architecture_table(self):
         return CDM_CONFIGS
 
+    def __init__(self, config=None, name=None, check_keys=True):
+        super().__init__(config, name, check_keys)
+        if self.config["mdn_source_condition"]:
+            mdn = dict(self.architecture["mdn"], source_condition_dim=self.architecture["representation_dim"])
+            self.architecture = dict(self.architecture, mdn=mdn)
+
     def build_model(self):
         if self.stage == "unet":
             config = {"image_size": self.architecture["image_size"], "cunet": {**self.architecture["cunet"], "conditioned": False}}
             return build_model("cunet", config)
-        return load_stage(build_model("cdm", self.architecture), self.config["init"])
+        return load_stage(build_model("cdm", self.architecture), self.config["init"], new_prefixes=(f"{self.stage}.",))
 
     def trainable_parameters(self, model):
         part = model if self.stage == "unet" else {"mrm": model.mrm, "mdn": model.mdn, "cunet": model.cunet}[self.stage]
@@ -74,11 +83,12 @@ class CDMRecipe(StagedRecipe):
         elif self.stage == "mdn":
             with torch.no_grad():
                 representation = model.mrm.represent(targets)
+                source = model.mrm.represent(sources) if self.config["mdn_source_condition"] else None
             t = self.schedule.sample_timesteps(targets.shape[0], generator).to(targets.device)
             noise = torch.randn(representation.shape, generator=generator).to(targets.device)
             noisy = self.schedule.add_noise(representation, noise, t)
             target = training_target(self.schedule, representation, noise, t, self.config["prediction_type"])
-            loss = mse(model.mdn(noisy, t), target)
+            loss = mse(model.mdn(noisy, t, source), target)
         elif self.stage == "cunet":
             with torch.no_grad():
                 representation = model.mrm.represent(targets)

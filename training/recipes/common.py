@@ -22,14 +22,20 @@ PHANTOM_NOTICE = (
 )
 
 
-def load_stage(model: nn.Module, init: str | None) -> nn.Module:
-    """Weights of an earlier stage's exported model folder (SHA-256 checked), loaded strictly into `model`."""
+def load_stage(model: nn.Module, init: str | None, new_prefixes: tuple[str, ...] = ()) -> nn.Module:
+    """Weights of an earlier stage's exported model folder (SHA-256 checked), loaded into `model`.
+
+    Every tensor must fit; only tensors under `new_prefixes` (the network this stage trains, when its architecture
+    grew, e.g. a source-conditioned MDN) may be missing from the earlier export and keep their fresh initialisation.
+    """
     if not init:
         return model
     if not Path(init).is_dir():
         raise InputError(f"init={init} is not a model folder; pass the --out folder of the previous stage's export")
-    tensors = load_model(init).tensors
-    model.load_state_dict(tensors, strict=True)
+    missing, unexpected = model.load_state_dict(load_model(init).tensors, strict=False)
+    unfit = list(unexpected) + [k for k in missing if not k.startswith(new_prefixes)]
+    if unfit:
+        raise InputError(f"init={init} does not fit this architecture ({', '.join(unfit[:3])}...); check --set architecture")
     return model
 
 
