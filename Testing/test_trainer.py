@@ -191,6 +191,14 @@ def test_export_writes_a_loadable_model_folder(tmp_path):
     assert_same_state(load_model(folder).tensors, tensors)  # sha256 verified on load
     raw = export(tmp_path / "run", tmp_path / "raw", use_ema=False, name="toy-raw")
     assert_same_state(load_file(str(raw / "model.safetensors")), trainer.model.state_dict())
+    half = export(tmp_path / "run", tmp_path / "half", use_ema=False, name="toy-half", dtype="float16")
+    stored = load_file(str(half / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    assert read_card(half).data["training"]["stored_dtype"] == "float16"
+    model = trainer.recipe.build_model()
+    model.load_state_dict(stored)  # float32 parameters take float16 weights
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow

@@ -115,6 +115,7 @@ def export(
     use_ema: bool = True,
     extra_card: dict[str, Any] | None = None,
     name: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """Write a checkpoint's weights (EMA ones when there are) as a model folder the extension loads.
 
@@ -131,6 +132,10 @@ def export(
     weights_kind = "ema" if use_ema and state.get("ema") is not None else "raw"
     weights = ema_weights(state["ema"]) if weights_kind == "ema" else state["model"]
     tensors = {key: value.detach().clone() for key, value in recipe.export_tensors(weights).items()}
+    if dtype is not None:
+        # Storage only (half the download for float16): the loader copies into the float32 network.
+        target = getattr(torch, dtype)
+        tensors = {key: value.to(target) if value.is_floating_point() else value for key, value in tensors.items()}
 
     card = dict(recipe.export_card())
     train_config = state["train_config"]
@@ -143,6 +148,7 @@ def export(
         "seed": train_config["seed"],
         "data": state["data"],
         "weights": weights_kind,
+        "stored_dtype": dtype or "as trained",
         "checkpoint": path.name,
         "config": {k: v for k, v in train_config.items() if k not in ("out_dir", "resume", "progress")},
     }

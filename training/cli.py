@@ -79,6 +79,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name in the card (default: the recipe's, else the folder name)")
     parser.add_argument("--raw-weights", action="store_true", help="export the raw weights even when there is an EMA")
     parser.add_argument("--card", metavar="JSON", help="JSON file of card fields to add or override")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
+                        help="store floating-point weights in this type (the network still computes in float32)")
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -90,7 +92,7 @@ def _run_export(args: argparse.Namespace) -> int:
             extra = json.loads(Path(args.card).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read card fields from {args.card}: {exc}") from None
-    folder = export(args.checkpoint, args.out, use_ema=not args.raw_weights, extra_card=extra, name=args.name)
+    folder = export(args.checkpoint, args.out, use_ema=not args.raw_weights, extra_card=extra, name=args.name, dtype=args.dtype)
     print(f"exported {folder}")
     return 0
 

@@ -37,7 +37,7 @@ if [[ $what == cdm || $what == all ]]; then
   # ... and the bundled one, conditioned on the pooled source encoding (see docs/decisions.md).
   run_stage mdn-source && train "${common[@]}" --set stage=mdn --set mdn_source_condition=true --set init="$RUNS/cdm-cunet/model" \
     --out-dir "$RUNS/cdm-mdn" --max-steps ${CDM_MDN_STEPS:-500} --batch-size 64 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine
-  export_model "$RUNS/cdm-mdn" Resources/Models/cdm-tiny-phantom
+  export_model "$RUNS/cdm-mdn" Resources/Models/cdm-tiny-phantom --dtype float16
   # Ablation M1: the same UNet without the representation, same data and budget.
   run_stage unet && train "${common[@]}" --set stage=unet --set name=cunet-m1-tiny-phantom --out-dir "$RUNS/cdm-unet" \
     --max-steps ${CDM_CUNET_STEPS:-500} --batch-size 12 --lr 1e-3 --warmup-steps 50 --lr-schedule cosine --ema-decay 0.995
@@ -54,7 +54,7 @@ if [[ $what == sdseg || $what == all ]]; then
   # The bundled model then got a second cosine cycle (a warm restart: resume with a longer schedule).
   train "${common[@]}" --set stage=ldm --set init="$RUNS/sdseg-ae/model" --out-dir "$RUNS/sdseg-ldm" --resume auto \
     --max-steps ${SDSEG_LDM_TOTAL_STEPS:-600} --batch-size 8 --lr 4e-4 --warmup-steps 30 --lr-schedule cosine --ema-decay 0.995
-  export_model "$RUNS/sdseg-ldm" Resources/Models/sdseg-tiny-phantom --raw-weights
+  export_model "$RUNS/sdseg-ldm" Resources/Models/sdseg-tiny-phantom --raw-weights --dtype float16
   train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet" \
     --max-steps ${SDSEG_SEGUNET_STEPS:-150} --batch-size 8 --lr 1e-3 --warmup-steps 20 --lr-schedule cosine --ema-decay 0.995
   export_model "$RUNS/sdseg-segunet" "$RUNS/segunet-tiny-phantom" --raw-weights
