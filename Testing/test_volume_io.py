@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -139,3 +141,12 @@ def test_label_dtype_is_kept(tmp_path, oblique):
     assert nib.load(str(tmp_path / "seg.nii.gz")).get_data_dtype() == np.uint8
     with gzip.open(tmp_path / "seg.nii.gz") as handle:
         assert len(handle.read()) > 0
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, oblique):
+    previous = os.umask(0o022)
+    try:
+        path = write_volume(oblique, tmp_path / "out.nii.gz")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -142,6 +142,12 @@ def _write_one(volume: Volume, path: Path, dtype) -> None:
         raise InputError(f"cannot write {path.name}: use .nii.gz, .nii, .nrrd or .mha")
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_volumes(outputs: dict[str | Path, tuple[Volume, object]]) -> list[Path]:
     """Write several volumes all-or-nothing: each to a hidden temporary name first, then all renamed into place.
 
@@ -156,6 +162,8 @@ def write_volumes(outputs: dict[str | Path, tuple[Volume, object]]) -> list[Path
             os.close(handle)
             staged.append((Path(tmp_name), target))
             _write_one(volume, Path(tmp_name), dtype)
+            # mkstemp makes private 0600 files; outputs get the permissions any new file would get.
+            os.chmod(tmp_name, 0o666 & ~_umask())
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:

@@ -67,6 +67,11 @@ def save_model(directory: Path, tensors: dict[str, torch.Tensor], card: dict[str
         card = dict(card, weights=WEIGHTS_FILE, sha256=sha256_of(staging / WEIGHTS_FILE))
         validate_card(card, staging / CARD_FILE)
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        # mkdtemp makes a private 0700 folder; a model folder gets ordinary permissions (shared model stores).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        os.chmod(staging / WEIGHTS_FILE, 0o666 & ~umask)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
