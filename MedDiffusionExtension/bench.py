@@ -89,7 +89,6 @@ def task_cdm_volume(device: str) -> dict:
 
 def task_cdm_parts(device: str) -> dict:
     """Where the CDM time goes, and what a same-backbone 30-step pixel-space diffusion would cost."""
-    from .models import build_model
     from .pipelines.common import build_network, make_sampler
     from .weights import ModelRegistry, load_model
 

@@ -7,7 +7,6 @@ file left behind (outputs are written all-or-nothing at the very end).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import warnings

@@ -12,11 +12,9 @@ import numpy as np
 from .cohort import Shard, read_cohort, run_cohort
 from .errors import InputError
 from .progress import CancelToken
-from .volume import Volume, read_volume, validate_volume, write_volumes
+from .volume import read_volume, validate_volume, write_volumes
 from .volume.engine import RunOptions
 from .weights import ModelRegistry, load_model
-
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
 
 def _log(message: str) -> None:

@@ -3,9 +3,7 @@ prepared exactly as inference prepares its slices."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

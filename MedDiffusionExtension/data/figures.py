@@ -68,11 +68,15 @@ def plot_brain_case(phantom: BrainPhantom, path) -> Path:
     fig.suptitle(f"Brain MRI phantom (seed {phantom.info['seed']}, {phantom.info['shape'][0]}x"
                  f"{phantom.info['shape'][1]}x{phantom.info['shape'][2]} at {spacing[0]:g} mm), axial slice {k}",
                  color="white", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return _save(fig, path, top=0.94, dpi=110)
+
+
+def _save(fig, path, top: float, dpi: int) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, top))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="black")
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi, facecolor="black")
+    _pyplot().close(fig)
     return path
 
 
@@ -115,12 +119,7 @@ def plot_ct_case(phantom: CTPhantom, path) -> Path:
     fig.suptitle(f"Abdominal CT phantom (seed {phantom.info['seed']}, {phantom.info['shape'][0]}x"
                  f"{phantom.info['shape'][1]}x{phantom.info['shape'][2]} at {spacing[0]:g} x {spacing[1]:g} x "
                  f"{spacing[2]:g} mm, contrast phase {phantom.info['enhancement']:.2f})", color="white")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, facecolor="black")
-    plt.close(fig)
-    return path
+    return _save(fig, path, top=0.95, dpi=100)
 
 
 def write_figures(out_dir, mri_seed: int = 0, ct_seed: int = 8) -> list[Path]:

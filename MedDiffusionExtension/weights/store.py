@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .card import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card, validate_card
+from .card import CARD_FILE, WEIGHTS_FILE, ModelCard, validate_card
 from .registry import ModelRegistry
 
 if TYPE_CHECKING:

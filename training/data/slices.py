@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.volume.engine import EngineInput, prepare_axial
-from MedDiffusionExtension.volume.normalize import IntensityScaling, scaling_from_card
+from MedDiffusionExtension.volume.normalize import scaling_from_card
 from MedDiffusionExtension.volume.slices import SliceFitter
 
 from .layouts import Case

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from MedDiffusionExtension.weights import ModelRegistry
 
@@ -16,13 +15,6 @@ def timed(function: Callable, *args, **kwargs) -> tuple[float, Any]:
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return time.perf_counter() - start, result
-
-
-def mean_std(values) -> str:
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    if values.size == 0:
-        return "n/a"
-    return f"{values.mean():.4f} ± {values.std():.4f}" if values.size > 1 else f"{values.mean():.4f}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

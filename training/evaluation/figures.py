@@ -19,6 +19,14 @@ def _show(axis, image, title, cmap="gray", vmin=None, vmax=None, colorbar=False)
         plt.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
 
 
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _unit(array):
     low, high = np.percentile(array[array > array.min()], [0.5, 99.5]) if (array > array.min()).any() else (0, 1)
     return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
@@ -42,11 +50,7 @@ def translation_figure(path: Path, volumes: dict, reference: dict, synthetic: di
         else:
             axes[row, 5].axis("off")
     figure.suptitle(f"{case_id}, axial slice {k} (radiological view: patient right on the left)", fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def segmentation_figure(path: Path, ct: np.ndarray, prediction: np.ndarray, reference: np.ndarray, case_id: str,
@@ -63,8 +67,4 @@ def segmentation_figure(path: Path, ct: np.ndarray, prediction: np.ndarray, refe
         overlay[mask > 0] = (*colour, 0.45)
         axis.imshow(overlay, interpolation="nearest")
     figure.suptitle(f"{case_id}, axial slice {k} (radiological view)", fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)

@@ -17,7 +17,7 @@ from MedDiffusionExtension.volume.normalize import fit_mri_scaling, foreground_m
 from MedDiffusionExtension.weights import load_model
 
 from ..data import read_mri_cases, split_by_volume
-from .common import limit, markdown_table, mean_std, timed, update_card_metrics
+from .common import limit, markdown_table, timed, update_card_metrics
 from .figures import translation_figure
 
 TARGETS = ("t1c", "t2f")
@@ -162,7 +162,7 @@ def _report(args, model, cases, rows, sweep, consistency, timings, default_steps
                        [[k.replace("_", " "), v, v / energy["reference"]] for k, v in energy.items()]), "",
         "`per slice`: one MDN representation drawn per slice (default); `per volume`: one representation for the "
         "whole volume (`--per-volume-representation`).", "",
-        f"Seconds per case (end to end in the pipeline): " + ", ".join(f"{k}: {np.mean(v):.1f}" for k, v in timings.items()),
+        "Seconds per case (end to end in the pipeline): " + ", ".join(f"{k}: {np.mean(v):.1f}" for k, v in timings.items()),
         "", f"Figure: `{(args.figure or args.out / 'case.png')}`.", "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
