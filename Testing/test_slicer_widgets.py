@@ -132,3 +132,19 @@ def test_segmentation_widget_enables_its_button_only_with_a_ct_and_a_model(modul
     widget._updateGui()
     assert widget.ui.applyButton.enabled is True
     assert not widget.ui.installButton.setVisible.call_args.args[0]  # every dependency is installed here
+
+
+def test_parameter_node_lifecycle_is_shared_by_both_widgets(modules):
+    translation, segmentation = modules
+    combos = ["modelComboBox", "deviceComboBox", "methodComboBox", "targetComboBox"]
+    for module, name in ((translation, "MedDiffusionTranslation"), (segmentation, "MedDiffusionSegmentation")):
+        widget_class, logic_class = getattr(module, f"{name}Widget"), getattr(module, f"{name}Logic")
+        leaving, node = make_widget(widget_class, logic_class, combos)
+        closing, _ = make_widget(widget_class, logic_class, combos)
+        with mock.patch.object(type(node), "disconnectGui", lambda self, tag: None, create=True):
+            leaving.exit()  # leaving the module disconnects the GUI but keeps the node
+            assert leaving._parameterNode is node and leaving._parameterNodeGuiTag is None
+            closing.logic.cancel = mock.MagicMock()
+            closing.onSceneStartClose(None, None)  # closing the scene cancels a run and drops the node
+            closing.logic.cancel.assert_called_once()
+            assert closing._parameterNode is None

@@ -8,7 +8,7 @@ and coloured from the model card, plus, with several samples, the mean foregroun
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import vtk
@@ -91,7 +91,7 @@ class MedDiffusionSegmentationParameterNode:
 #
 
 
-class MedDiffusionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, RunWidgetMixin):  # noqa: F405
+class MedDiffusionSegmentationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """Thin GUI over the Logic: combos filled from the model registry, Apply that turns into Cancel while running."""
 
     runFailedText = "The segmentation failed"
@@ -123,43 +123,10 @@ class MedDiffusionSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.refreshDependencies()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-        if self.logic is not None:
-            self.logic.cancel()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.logic.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode: Optional[MedDiffusionSegmentationParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-            self._fillCombos()
-            self._updateGui()
 
     def _fillCombos(self) -> None:
         """The model and device menus depend on what is installed, so code fills them."""

@@ -8,9 +8,8 @@ exactly the T1 volume's geometry, are marked synthetic, and are placed in the T1
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
-import vtk
 
 import slicer
 from slicer.i18n import tr as _
@@ -98,7 +97,7 @@ class MedDiffusionTranslationParameterNode:
 #
 
 
-class MedDiffusionTranslationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, RunWidgetMixin):  # noqa: F405
+class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """Thin GUI over the Logic: combos filled from the model registry, Apply that turns into Cancel while running."""
 
     runFailedText = "The synthesis failed"
@@ -132,43 +131,10 @@ class MedDiffusionTranslationWidget(ScriptedLoadableModuleWidget, VTKObservation
         self.refreshDependencies()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-        if self.logic is not None:
-            self.logic.cancel()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.logic.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.t1Volume:
             self._parameterNode.t1Volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode: Optional[MedDiffusionTranslationParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-            self._fillCombos()
-            self._updateGui()
 
     def _fillCombos(self) -> None:
         """Method, model, target and device menus depend on what is installed, so code fills them (Slicer binds

@@ -1,11 +1,13 @@
 """What both module widgets do the same way: dependency state, combos carrying ids, the device menu, progress,
 and reporting how a background run ended. Mixed into each module's Widget next to ScriptedLoadableModuleWidget;
-a widget provides `self.ui`, `self.logic`, `_fillCombos()` and `_updateGui()`.
+a widget provides `self.ui`, `self.logic`, `initializeParameterNode()`, `_fillCombos()` and `_updateGui()`, and
+inherits VTKObservationMixin. The parameter-node lifecycle below is the scripted-module template's, kept once.
 """
 
 from __future__ import annotations
 
 import slicer
+import vtk
 from slicer.i18n import tr as _
 
 from . import catalog, dependencies
@@ -13,8 +15,43 @@ from .process import CANCELLED
 
 
 class RunWidgetMixin:
+    """First in the Widget's bases, so that its lifecycle methods win over the base widget's empty ones."""
+
     runFailedText = "The run failed"  # first line of the error dialog
     _dependenciesReady = False
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.cancel()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._fillCombos()
+            self._updateGui()
 
     def refreshDependencies(self) -> None:
         missing = dependencies.missingRequirements()
