@@ -105,16 +105,38 @@ def test_devices_menu_starts_with_auto_and_cpu():
     assert [d[0] for d in devices[:2]] == ["auto", "cpu"]
 
 
-def _client(job_path, **kwargs) -> process.RunnerProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+def _client(job_path, first=(), **kwargs) -> process.RunnerProcess:
+    paths = [*map(str, first), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     return process.RunnerProcess([str(job_path)], env=env, **kwargs)
+
+
+# Started before the runner (as sitecustomize), this holds the runner at its first between-batch check until the
+# cancellation arrives, so the test's SIGTERM always lands mid-run however fast the micro model or slow the machine.
+HOLD_UNTIL_CANCELLED = textwrap.dedent("""
+    import time
+    from MedDiffusionExtension import progress
+
+    _check = progress.CancelToken.raise_if_cancelled
+
+    def _held(self):
+        deadline = time.monotonic() + 60
+        while not self.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)  # a signal handler runs in between
+        _check(self)
+
+    progress.CancelToken.raise_if_cancelled = _held
+""")
 
 
 def test_client_cancel_stops_the_runner_through_sigterm_and_nothing_is_written(tmp_path, models, volumes):
     job = write_job(tmp_path, task="translate", model=str(models["cdm"]), inputs={"t1": str(volumes["t1"]), "t2": str(volumes["t2"])},
                     outputs={"t1c": "out/t1c.nrrd"}, targets=["t1c"], samples=1, device="cpu", batch_size=1)
     seen = []
-    client = _client(job)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_UNTIL_CANCELLED)
+    client = _client(job, first=[hold])
 
     def on_progress(fraction, message):
         seen.append(message)
