@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -22,21 +23,37 @@ def models(tmp_path, monkeypatch):
     return root
 
 
-def test_translation_evaluation_writes_tables_and_figure(tmp_path, models):
+def test_translation_evaluation_writes_tables_and_figure_and_the_card_gets_its_own_row(tmp_path, models):
     data = tmp_path / "brats"
     write_brats_case(data, 0, seed=0, shape=(40, 40, 24))
+    write_micro_model(models, "cdm", name="cdm-micro-test-ablation", seed=5)  # a name that begins like the model's
     out = tmp_path / "eval"
     assert training_main(["evaluate", "translation", "--data-root", str(data), "--split", "all", "--model",
-                          "cdm-micro-test", "--out", str(out), "--samples", "2", "--device", "cpu"]) == 0
+                          "cdm-micro-test", "--compare", "cdm-micro-test-ablation", "--out", str(out),
+                          "--samples", "2", "--device", "cpu", "--update-card"]) == 0
     report = (out / "README.md").read_text()
     for heading in ("Table 1 analogue", "Whole-volume (3D)", "Table 4 analogue", "Inter-slice consistency"):
         assert heading in report
     results = json.loads((out / "results.json").read_text())
     methods = [row[0] for row in results["table1"]]
-    assert methods[0].startswith("Copy source") and any(m.startswith("cdm-micro-test") for m in methods)
+    assert methods == ["Copy source (T1→T1c, T2→T2f)", "cdm-micro-test-ablation (3 steps)",
+                       "C-UNet + ground-truth representation (upper bound)", "cdm-micro-test (3 steps)"]
+    own, ablation = results["table1"][3], results["table1"][1]
+    assert own[7] != ablation[7]  # different weights, different scores
+    card = json.loads((models / "cdm-micro-test" / "card.json").read_text())
+    assert card["metrics"]["average"]["psnr"] == own[7] and card["metrics"]["t1c"]["ssim"] == own[2]
     assert [row[0] for row in results["table4"]] == [3, 10, 20, 30, 40]  # the card's 3 steps plus the paper's sweep
     assert all(0 < row[2] <= 1 for row in results["table1"])  # SSIM in range
     assert matplotlib.image.imread(out / "case.png").shape[0] > 300
+
+
+def test_comparing_the_evaluated_model_with_itself_is_refused(tmp_path, models, capsys):
+    data = tmp_path / "brats"
+    write_brats_case(data, 0, seed=0, shape=(40, 40, 24))
+    assert training_main(["evaluate", "translation", "--data-root", str(data), "--split", "all", "--model",
+                          "cdm-micro-test", "--compare", "cdm-micro-test", "--out", str(tmp_path / "eval")]) == 2
+    assert "error: --compare names cdm-micro-test (3 steps), the model being evaluated" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, models):
@@ -53,3 +70,21 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     card = json.loads((models / "sdseg-micro-test" / "card.json").read_text())
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1
     assert (out / "case.png").is_file()
+
+
+def test_bundled_cards_carry_the_numbers_of_their_evaluation_reports():
+    root = Path(__file__).resolve().parents[1]
+    cdm = json.loads((root / "Resources/Models/cdm-tiny-phantom/card.json").read_text())
+    report = json.loads((root / "docs/evaluation/cdm/results.json").read_text())
+    row = next(r for r in report["table1"] if r[0] == f"{cdm['name']} ({cdm['sampling']['steps']} steps)")
+    metrics = cdm["metrics"]
+    assert metrics["measured_on"].startswith(f"{len(report['cases'])} held-out")
+    assert [metrics[t][k] for t in ("t1c", "t2f", "average") for k in ("psnr", "ssim", "mae")] == row[1:]
+
+    sdseg = json.loads((root / "Resources/Models/sdseg-tiny-phantom/card.json").read_text())
+    report = json.loads((root / "docs/evaluation/sdseg/results.json").read_text())
+    single = next(r for r in report["rows"] if r[0] == "SDSeg single step")
+    metrics = sdseg["metrics"]
+    assert metrics["measured_on"].startswith(f"{len(report['cases'])} held-out")
+    assert single[1].startswith(f"{metrics['single_step']['dice']:.4f} ± ") and single[2] == metrics["single_step"]["iou"]
+    assert metrics["stability_pairwise_dice"] == report["stability"]["pairwise_dice"]

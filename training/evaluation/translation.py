@@ -8,6 +8,7 @@ import platform
 
 import numpy as np
 from MedDiffusionExtension import metrics
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.device import resolve_device
 from MedDiffusionExtension.pipelines import translate
 from MedDiffusionExtension.pipelines.common import build_network
@@ -69,6 +70,9 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
     compared = [load_model(name, task="translation") for name in args.compare.split(",") if name]
     options = RunOptions(device=args.device, batch_size=args.batch_size, seed=0)
     default_steps = model.card.data["sampling"]["steps"]
+    model_row = _row_name(model, default_steps)
+    if any(_row_name(other, other.card.data["sampling"]["steps"]) == model_row for other in compared):
+        raise InputError(f"--compare names {model_row}, the model being evaluated; compare other models")
     rows: dict[str, list[dict]] = {}
     sweep: dict[int, list[dict]] = {}
     consistency = {"reference": [], "per_slice": [], "per_volume": []}
@@ -95,7 +99,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
         for other in compared:
             seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], other, list(TARGETS), options=options)
             for target in TARGETS:
-                record(f"{other.card.name} ({other.card.data['sampling']['steps']} steps)", target,
+                record(_row_name(other, other.card.data["sampling"]["steps"]), target,
                        axial(out[target].array) / 1000.0, reference[target], counted, seconds)
         bound = _upper_bound(model, volumes, options)
         for target in TARGETS:
@@ -106,7 +110,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
             sweep.setdefault(steps, []).append({"scores": scores, "seconds": seconds})
             if steps == default_steps:
                 for target in TARGETS:
-                    record(f"{model.card.name} ({steps} steps)", target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+                    record(model_row, target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
                 per_slice = out
         per_volume = translate(volumes["t1n"], volumes["t2w"], model, list(TARGETS), options=options, per_volume_representation=True)
         for target in TARGETS:
@@ -119,7 +123,11 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
             translation_figure(figure, {m: axial(v.array) for m, v in volumes.items()}, reference,
                                {k: axial(v.array) for k, v in uncertain.items()}, brain, case.case_id)
 
-    return _report(args, model, cases, rows, sweep, consistency, timings, default_steps)
+    return _report(args, model, model_row, cases, rows, sweep, consistency, timings)
+
+
+def _row_name(loaded, steps: int) -> str:
+    return f"{loaded.card.name} ({steps} steps)"
 
 
 def _average(entries: list[dict], key: str, target: str | None = None) -> float:
@@ -127,7 +135,7 @@ def _average(entries: list[dict], key: str, target: str | None = None) -> float:
     return float(np.mean(values))
 
 
-def _report(args, model, cases, rows, sweep, consistency, timings, default_steps) -> dict:
+def _report(args, model, model_row, cases, rows, sweep, consistency, timings) -> dict:
     table1 = []
     for name, entries in rows.items():
         line = [name]
@@ -170,7 +178,7 @@ def _report(args, model, cases, rows, sweep, consistency, timings, default_steps
     summary = {"cases": [c.case_id for c in cases], "table1": table1, "table3d": table3d, "table4": table4,
                "consistency": energy, "timings": {k: float(np.mean(v)) for k, v in timings.items()}}
     if args.update_card:
-        cdm_row = next(r for r in table1 if r[0].startswith(model.card.name))
+        cdm_row = next(r for r in table1 if r[0] == model_row)  # not a compared model whose name begins alike
         update_card_metrics(args.model, {
             "measured_on": f"{len(cases)} held-out synthetic phantom cases ({args.data_root}, {args.split} split)",
             "t1c": {"psnr": cdm_row[1], "ssim": cdm_row[2], "mae": cdm_row[3]},
