@@ -8,8 +8,8 @@ import platform
 
 import numpy as np
 from MedDiffusionExtension import metrics
-from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.device import resolve_device
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.pipelines import translate
 from MedDiffusionExtension.pipelines.common import build_network
 from MedDiffusionExtension.volume import AxialReorientation, read_volume
