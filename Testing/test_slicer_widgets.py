@@ -18,6 +18,10 @@ class FakeComboBox:
 
     def __init__(self):
         self.items, self.currentIndex = [], -1
+        self.slots = {}
+
+    def connect(self, signal, slot):
+        self.slots[signal] = slot
 
     def blockSignals(self, block):
         return False
@@ -148,3 +152,27 @@ def test_parameter_node_lifecycle_is_shared_by_both_widgets(modules):
             closing.onSceneStartClose(None, None)  # closing the scene cancels a run and drops the node
             closing.logic.cancel.assert_called_once()
             assert closing._parameterNode is None
+
+
+def test_setup_connects_the_shared_controls_to_the_shared_slots_then_shows_the_parameter_node(modules):
+    import slicer
+
+    translation, segmentation = modules
+    combos = ["modelComboBox", "deviceComboBox", "methodComboBox", "targetComboBox"]
+    for module, name in ((translation, "MedDiffusionTranslation"), (segmentation, "MedDiffusionSegmentation")):
+        widget, node = make_widget(getattr(module, f"{name}Widget"), getattr(module, f"{name}Logic"), combos)
+        with mock.patch.object(type(node), "connectGui", lambda self, gui: 0, create=True), \
+                mock.patch.object(type(node), "disconnectGui", lambda self, tag: None, create=True):
+            widget.setParameterNode(None)
+            widget.connectRunControls()
+        ui = widget.ui
+        assert ui.modelComboBox.slots["currentIndexChanged(int)"] == widget.onModelChanged
+        assert ui.deviceComboBox.slots["currentIndexChanged(int)"] == widget.onDeviceChanged
+        ui.applyButton.connect.assert_called_with("clicked(bool)", widget.onApplyButton)
+        ui.installButton.connect.assert_called_with("clicked(bool)", widget.onInstallDependencies)
+        ui.progressBar.setVisible.assert_called_with(False)
+        assert widget._parameterNode is not None and ui.modelComboBox.items  # the menus are filled
+        scene = slicer.mrmlScene
+        assert widget.hasObserver(scene, scene.StartCloseEvent, widget.onSceneStartClose)
+        assert widget.hasObserver(scene, scene.EndCloseEvent, widget.onSceneEndClose)
+        widget.removeObservers()  # the scene outlives this widget

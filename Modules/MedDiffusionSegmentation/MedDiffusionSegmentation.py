@@ -111,17 +111,7 @@ class MedDiffusionSegmentationWidget(RunWidgetMixin, ScriptedLoadableModuleWidge
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDiffusionSegmentationLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.progressBar.setVisible(False)
-
-        self.refreshDependencies()
-        self.initializeParameterNode()
+        self.connectRunControls()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -140,18 +130,9 @@ class MedDiffusionSegmentationWidget(RunWidgetMixin, ScriptedLoadableModuleWidge
         self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No segmentation model installed.")
         self.fillDeviceCombo(node)
 
-    def onModelChanged(self, index) -> None:
-        self._parameterNode.modelName = self.ui.modelComboBox.currentData or ""
-        self._fillCombos()
-
     def _updateGui(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        if node is None:
-            return
-        if self.logic.isRunning:
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the run; nothing will be added to the scene.")
-            self.ui.applyButton.enabled = True
+        if node is None or self.showCancelWhileRunning():
             return
         self.ui.applyButton.text = _("Segment")
         ready = self._dependenciesReady and node.inputVolume and node.modelName

@@ -117,19 +117,9 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedDiffusionTranslationLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.progressBar.setVisible(False)
-
-        self.refreshDependencies()
-        self.initializeParameterNode()
+        self.connectRunControls()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -163,21 +153,12 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         self._parameterNode.modelName = ""
         self._fillCombos()
 
-    def onModelChanged(self, index) -> None:
-        self._parameterNode.modelName = self.ui.modelComboBox.currentData or ""
-        self._fillCombos()
-
     def onTargetChanged(self, index) -> None:
         self._parameterNode.targets = self.ui.targetComboBox.currentData or ""
 
     def _updateGui(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        if node is None:
-            return
-        if self.logic.isRunning:
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the run; nothing will be added to the scene.")
-            self.ui.applyButton.enabled = True
+        if node is None or self.showCancelWhileRunning():
             return
         targets = [t for t in node.targets.split(",") if t]
         self.ui.applyButton.text = _("Synthesize {targets}").format(targets=catalog.targetsLabel(targets) or _("all"))

@@ -53,6 +53,19 @@ class RunWidgetMixin:
             self._fillCombos()
             self._updateGui()
 
+    def connectRunControls(self) -> None:
+        """The rest of both modules' setup once the .ui is loaded: scene observers, the shared controls, first state.
+        A module connects its own extra controls before calling this."""
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.progressBar.setVisible(False)
+        self.refreshDependencies()
+        self.initializeParameterNode()
+
     def refreshDependencies(self) -> None:
         missing = dependencies.missingRequirements()
         self._dependenciesReady = not missing
@@ -78,6 +91,19 @@ class RunWidgetMixin:
         parameterNode.device = self.ui.deviceComboBox.currentData or "auto"
         if not any(key.startswith(("cuda", "mps")) for key, _label in devices):
             self.ui.statusLabel.text = _("No GPU found: the run will use the CPU and take minutes per volume.")
+
+    def onModelChanged(self, index) -> None:
+        self._parameterNode.modelName = self.ui.modelComboBox.currentData or ""
+        self._fillCombos()
+
+    def showCancelWhileRunning(self) -> bool:
+        """While a run goes on, the Apply button is its Cancel; True then, and nothing else needs updating."""
+        if not self.logic.isRunning:
+            return False
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.applyButton.toolTip = _("Stop the run; nothing will be added to the scene.")
+        self.ui.applyButton.enabled = True
+        return True
 
     def onDeviceChanged(self, index) -> None:
         self._parameterNode.device = self.ui.deviceComboBox.currentData or "auto"
