@@ -1,4 +1,4 @@
-"""The `meddiffusion` command line: translate, segment, models, info, demo, bench.
+"""The `meddiffusion` command line: translate, segment, models, info, demo.
 
 Bad input ends with one line `error: ...` on stderr and a non-zero exit, no traceback unless --debug, and no output
 file left behind (outputs are written all-or-nothing at the very end).
@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import warnings
 from pathlib import Path
 
-from . import __version__
+from . import __version__, tasks
 from .errors import Cancelled, InputError
 from .progress import CancelToken
-
-EXIT_INPUT, EXIT_FAILURE, EXIT_CANCELLED = 2, 1, 130
 
 
 def _positive(value: str) -> int:
@@ -26,13 +23,17 @@ def _positive(value: str) -> int:
     return number
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, task: str) -> None:
+    methods = [m.key for m in tasks.METHODS.values() if m.task == task and m.runnable]
+    parser.add_argument("--method", choices=methods, help=f"method (default: the default model's, {methods[0]})")
     parser.add_argument("--model", help="model name (see `meddiffusion models list`) or a model folder")
     parser.add_argument("--steps", type=_positive, help="sampling steps (default: the model card's)")
     parser.add_argument("--samples", type=_positive, default=1, help="samples to draw; K > 1 also writes an uncertainty/probability volume")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same output")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--batch-size", type=_positive, default=8, help="slices per batch (halved automatically on GPU out-of-memory)")
+    parser.add_argument("--precision", choices=tasks.PRECISIONS, default="auto",
+                        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs; or force one")
     parser.add_argument("--cohort", type=Path, help="CSV with one case per row (see README); resumable, sharded under torchrun")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -44,20 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     translate = commands.add_parser("translate", help="synthesize missing MRI contrasts (CDM: T1+T2 -> T1c, T2-FLAIR)")
-    translate.add_argument("--method", default="cdm", choices=["cdm"], help="translation method")
     translate.add_argument("--t1", type=Path, help="T1 (t1n) volume: the reference geometry of the outputs")
     translate.add_argument("--t2", type=Path, help="T2 (t2w) volume; resampled onto the T1 grid if needed")
     translate.add_argument("--targets", default="t1c,t2f", help="comma-separated targets among the model's outputs")
     translate.add_argument("--out-dir", type=Path, required=True, help="writes <target>.nii.gz (and <target>_std.nii.gz when --samples > 1)")
     translate.add_argument("--per-volume-representation", action="store_true",
                            help="CDM: draw one target representation for the whole volume instead of one per slice")
-    _add_run_options(translate)
+    _add_run_options(translate, "translation")
 
     segment = commands.add_parser("segment", help="segment a CT volume (SDSeg, single-step latent diffusion)")
     segment.add_argument("--image", type=Path, help="CT volume in HU")
     segment.add_argument("--out", type=Path, help="label volume to write (.nii.gz, .nrrd); with --cohort, a folder")
     segment.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the label")
-    _add_run_options(segment)
+    _add_run_options(segment, "segmentation")
 
     models = commands.add_parser("models", help="list or describe installed models")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -71,33 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the bundled models on the bundled sample cases")
     demo.add_argument("--out-dir", type=Path, default=Path("out/demo"))
     demo.add_argument("--device", default="auto")
-
-    bench = commands.add_parser("bench", help="measure speed and memory on phantom volumes (see docs/benchmarks.md)")
-    bench.add_argument("--out", type=Path, default=Path("docs/benchmarks.json"))
-    bench.add_argument("--device", default="cpu")
     return parser
-
-
-class _Progress:
-    """tqdm on stderr, driven by the engine's (fraction, message) callback."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.enabled, self.label, self.bar = enabled, label, None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=1000, desc=self.label, unit="‰", leave=False, file=sys.stderr,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
-        self.bar.n = round(fraction * 1000)
-        self.bar.set_postfix_str(message, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,25 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     cancel = CancelToken()
     previous = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
+        with tasks.warnings_to(lambda message: print(f"warning: {message}", file=sys.stderr)):
             return _dispatch(args, cancel)
     except InputError as error:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT
+        return tasks.EXIT_INPUT
     except (Cancelled, KeyboardInterrupt):
         if args.debug:
             raise
         print("error: cancelled; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
+        return tasks.EXIT_CANCELLED
     except Exception as error:  # noqa: BLE001 - the last line of defence for a clinician-facing tool
         if args.debug:
             raise
         print(f"error: unexpected failure ({type(error).__name__}: {error}); rerun with --debug and report it", file=sys.stderr)
-        return EXIT_FAILURE
+        return tasks.EXIT_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -133,9 +105,8 @@ def _dispatch(args: argparse.Namespace, cancel: CancelToken) -> int:
     from . import commands
 
     handler = {
-        "translate": commands.translate_command, "segment": commands.segment_command,
-        "models": commands.models_command, "info": commands.info_command,
-        "demo": commands.demo_command, "bench": commands.bench_command,
+        "translate": commands.run_command, "segment": commands.run_command,
+        "models": commands.models_command, "info": commands.info_command, "demo": commands.demo_command,
     }[args.command]
     return handler(args, cancel) or 0
 

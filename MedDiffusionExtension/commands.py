@@ -1,4 +1,5 @@
-"""What each `meddiffusion` subcommand does (argument parsing and error reporting live in cli.py)."""
+"""What each `meddiffusion` subcommand does; argument parsing and error reporting live in cli.py, the rules of
+each task (model choice, validation, output names, the read -> run -> write sequence) in tasks/."""
 
 from __future__ import annotations
 
@@ -9,127 +10,69 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tasks
 from .cohort import Shard, read_cohort, run_cohort
 from .errors import InputError
-from .progress import CancelToken
-from .volume import read_volume, validate_volume, write_volumes
-from .volume.engine import RunOptions
-from .weights import ModelRegistry, load_model
+from .progress import CancelToken, TerminalProgress
+from .volume import read_volume, validate_volume
+from .weights import ModelRegistry
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _run_options(args, cancel: CancelToken, label: str) -> tuple[RunOptions, "object"]:
-    from .cli import _Progress
-
-    progress = _Progress(label, enabled=not getattr(args, "quiet", False))
-    return RunOptions(device=args.device, batch_size=args.batch_size, seed=args.seed, progress=progress, cancel=cancel), progress
+def _settings(args: argparse.Namespace) -> tasks.RunSettings:
+    return tasks.RunSettings(steps=args.steps, samples=args.samples, seed=args.seed, device=args.device,
+                             batch_size=args.batch_size, precision=args.precision)
 
 
-def _default_model(method: str, name: str | None, task: str):
-    registry = ModelRegistry()
-    return load_model(name if name else registry.default_for(method).directory, task=task, registry=registry)
+def _request(args: argparse.Namespace) -> tasks.Request:
+    common = dict(model=args.model or "", method=args.method or "", settings=_settings(args))
+    if args.command == "translate":
+        targets = tasks.parse_targets(args.targets)
+        if not targets:
+            raise InputError("--targets is empty; give one or more of the model's outputs, e.g. t1c,t2f")
+        return tasks.TranslateRequest(targets=targets, per_volume_representation=args.per_volume_representation, **common)
+    return tasks.SegmentRequest(threshold=args.threshold, **common)
 
 
-# --- translate -----------------------------------------------------------------------------------------------------
-
-def _translation_outputs(out_dir: Path, targets: list[str], samples: int) -> list[Path]:
-    names = targets + ([f"{t}_std" for t in targets] if samples > 1 else [])
-    return [out_dir / f"{name}.nii.gz" for name in names]
-
-
-def _translate_case(args, cancel, t1_path: Path, t2_path: Path, out_dir: Path, loaded, targets: list[str]) -> list[Path]:
-    from .pipelines import translate
-
-    outputs = _translation_outputs(out_dir, targets, args.samples)
-    _check_not_overwriting([t1_path, t2_path], outputs)
-    t1, t2 = read_volume(t1_path), read_volume(t2_path)
-    options, progress = _run_options(args, cancel, out_dir.name or "translate")
+def _run_case(request, loaded, inputs: dict, outputs: dict, args, cancel: CancelToken, label: str) -> list[Path]:
+    progress = TerminalProgress(label, enabled=not args.quiet)
     try:
-        volumes = translate(t1, t2, loaded, targets, args.steps, args.samples, options, args.per_volume_representation)
+        return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel))
     finally:
         progress.close()
-    return write_volumes({out_dir / f"{name}.nii.gz": (volume, np.float32) for name, volume in volumes.items()})
 
 
-def translate_command(args: argparse.Namespace, cancel: CancelToken) -> int:
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets:
-        raise InputError("--targets is empty; give one or more of the model's outputs, e.g. t1c,t2f")
-    loaded = _default_model(args.method, args.model, "translation")
+def run_command(args: argparse.Namespace, cancel: CancelToken) -> int:
+    """translate and segment: one case from the flags, or every case of a cohort CSV."""
+    request = _request(args)
+    loaded = tasks.load(request)
+    names = request.input_names(loaded.card)
+    destination = args.out_dir if args.command == "translate" else args.out
     if args.cohort:
-        rows = read_cohort(args.cohort, ("t1", "t2"))
-        failed = run_cohort(
-            rows, lambda row: _translation_outputs(args.out_dir / row["case_id"], targets, args.samples),
-            lambda row: _translate_case(args, cancel, Path(row["t1"]), Path(row["t2"]), args.out_dir / row["case_id"], loaded, targets),
-            Shard.from_environment(), _log)
-        return 1 if failed else 0
-    if args.t1 is None or args.t2 is None:
-        raise InputError("translate needs --t1 and --t2 (or --cohort FILE.csv)")
-    for path in _translate_case(args, cancel, args.t1, args.t2, args.out_dir, loaded, targets):
-        print(path)
-    return 0
-
-
-# --- segment -------------------------------------------------------------------------------------------------------
-
-def _segmentation_outputs(out: Path, samples: int) -> list[Path]:
-    return [out] + ([_probability_path(out)] if samples > 1 else [])
-
-
-def _probability_path(out: Path) -> Path:
-    name = out.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return out.with_name(name[: -len(suffix)] + "_probability" + suffix)
-    return out.with_name(name + "_probability")
-
-
-def _segment_case(args, cancel, image_path: Path, out: Path, loaded) -> list[Path]:
-    from .pipelines import segment
-
-    outputs = _segmentation_outputs(out, args.samples)
-    _check_not_overwriting([image_path], outputs)
-    image = read_volume(image_path)
-    options, progress = _run_options(args, cancel, image_path.name)
-    try:
-        result = segment(image, loaded, args.steps, args.samples, args.threshold, options)
-    finally:
-        progress.close()
-    files = {out: (result.labels, np.uint8)}
-    if result.probability is not None:
-        files[_probability_path(out)] = (result.probability, np.float32)
-    return write_volumes(files)
-
-
-def segment_command(args: argparse.Namespace, cancel: CancelToken) -> int:
-    loaded = _default_model("sdseg", args.model, "segmentation")
-    if args.cohort:
-        if args.out is None:
+        if destination is None:
             raise InputError("with --cohort, --out names the folder for <case_id>.nii.gz label files")
-        rows = read_cohort(args.cohort, ("image",))
-        failed = run_cohort(
-            rows, lambda row: _segmentation_outputs(args.out / f"{row['case_id']}.nii.gz", args.samples),
-            lambda row: _segment_case(args, cancel, Path(row["image"]), args.out / f"{row['case_id']}.nii.gz", loaded),
-            Shard.from_environment(), _log)
-        return 1 if failed else 0
-    if args.image is None or args.out is None:
-        raise InputError("segment needs --image and --out (or --cohort FILE.csv --out DIR)")
-    for path in _segment_case(args, cancel, args.image, args.out, loaded):
+        rows = read_cohort(args.cohort, names)
+
+        def outputs_of(row):
+            return request.output_files(loaded.card, request.cohort_destination(destination, row["case_id"]))
+
+        def run_row(row):
+            _run_case(request, loaded, {n: Path(row[n]) for n in names}, outputs_of(row), args, cancel, row["case_id"])
+
+        failed = run_cohort(rows, lambda row: list(outputs_of(row).values()), run_row, Shard.from_environment(), log)
+        return tasks.EXIT_FAILURE if failed else tasks.EXIT_OK
+    inputs = {n: getattr(args, n, None) for n in names}
+    missing = [f"--{n}" for n, path in inputs.items() if path is None] + ([] if destination else ["--out"])
+    if missing:
+        raise InputError(f"{args.command} with model {loaded.card.name!r} needs {' and '.join(missing)} (or --cohort FILE.csv)")
+    outputs = request.output_files(loaded.card, destination)
+    for path in _run_case(request, loaded, inputs, outputs, args, cancel, Path(inputs[names[0]]).name):
         print(path)
-    return 0
+    return tasks.EXIT_OK
 
-
-def _check_not_overwriting(inputs: list[Path], outputs: list[Path]) -> None:
-    resolved = {Path(p).expanduser().resolve() for p in inputs}
-    for out in outputs:
-        if Path(out).expanduser().resolve() in resolved:
-            raise InputError(f"output {out} is one of the inputs; choose another output path (inputs are never overwritten)")
-
-
-# --- models, info --------------------------------------------------------------------------------------------------
 
 def models_command(args: argparse.Namespace, cancel: CancelToken) -> int:
     registry = ModelRegistry()
@@ -139,10 +82,10 @@ def models_command(args: argparse.Namespace, cancel: CancelToken) -> int:
             print("no models installed (bundled: Resources/Models; user: ~/.meddiffusion/models or $MEDDIFFUSION_MODELS_DIR)")
         for card in cards.values():
             print(card.summary())
-        return 0
+        return tasks.EXIT_OK
     card = registry.find(args.name)
     print(json.dumps(dict(card.data, directory=str(card.directory)), indent=2))
-    return 0
+    return tasks.EXIT_OK
 
 
 def info_command(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -156,20 +99,11 @@ def info_command(args: argparse.Namespace, cancel: CancelToken) -> int:
     print(f"spacing mm:  {np.round(volume.spacing, 4).tolist()}")
     print(f"orientation: {''.join(aff2axcodes(volume.ijk_to_ras))} (voxel axes i, j, k point to these RAS directions)")
     print(f"range:       {float(array.min()):g} .. {float(array.max()):g}; mean {float(array.mean()):g}")
-    return 0
+    return tasks.EXIT_OK
 
-
-# --- demo, bench ---------------------------------------------------------------------------------------------------
 
 def demo_command(args: argparse.Namespace, cancel: CancelToken) -> int:
     from .demo import run_demo
 
-    run_demo(args.out_dir, args.device, cancel, _log)
-    return 0
-
-
-def bench_command(args: argparse.Namespace, cancel: CancelToken) -> int:
-    from .bench import run_benchmarks
-
-    run_benchmarks(args.out, args.device, _log)
-    return 0
+    run_demo(args.out_dir, args.device, cancel, log)
+    return tasks.EXIT_OK

@@ -5,13 +5,15 @@ own interface never freezes and a Cancel can end the whole process tree. JOB.jso
 
     {"task": "translate", "model": "cdm-tiny", "inputs": {"t1": "t1.nrrd", "t2": "t2.nrrd"},
      "outputs": {"t1c": "t1c.nrrd", "t1c_std": "t1c_std.nrrd"}, "targets": ["t1c"],
-     "steps": null, "samples": 2, "seed": 0, "device": "auto", "batch_size": 8}
+     "steps": null, "samples": 2, "seed": 0, "device": "auto", "batch_size": 8, "precision": "auto"}
     {"task": "segment", "model": "sdseg-tiny", "inputs": {"image": "ct.nrrd"},
      "outputs": {"labels": "labels.nrrd", "probability": "probability.nrrd"}, "steps": 1, "samples": 2,
      "threshold": 0.5, "seed": 0, "device": "auto", "batch_size": 8}
 
-Relative paths are relative to the job file's folder. Every output the job names must be produced; the outputs are
-written together, all-or-nothing, only once the whole result exists. Lines on stdout (one event per line):
+The fields are those of the task's request (tasks.TranslateRequest / SegmentRequest, `Request.to_job`); omitted
+ones take the request's defaults, unknown ones are refused. Relative paths are relative to the job file's folder.
+The outputs must be exactly the request's output names for the model; they are written together, all-or-nothing,
+only once the whole result exists. Lines on stdout (one event per line):
 
     PROGRESS <fraction 0..1> <message>      e.g. "PROGRESS 0.250 slice 10/40"
     WARNING <one line>                      e.g. a second input resampled onto the first one's grid
@@ -20,7 +22,8 @@ written together, all-or-nothing, only once the whole result exists. Lines on st
     DONE                                    every output is in place (exit code 0)
 
 Tracebacks of unexpected failures go to stderr. `python -m MedDiffusionExtension.runner --devices` prints the
-device menu as JSON.
+device menu as JSON; `--probe [MODULE ...]` prints which of the modules import (with their versions) and the device
+menu, as one JSON line, for a GUI that must not import torch in its own process.
 """
 
 from __future__ import annotations
@@ -29,15 +32,13 @@ import json
 import signal
 import sys
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from . import tasks
 from .errors import Cancelled, InputError
 from .progress import CancelToken
-
-EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
-TASKS = ("translate", "segment")
+from .tasks import EXIT_CANCELLED, EXIT_FAILURE, EXIT_INPUT, EXIT_OK
 
 
 class ProtocolWriter:
@@ -67,104 +68,68 @@ class ProtocolWriter:
         self._line("DONE")
 
 
-def read_job(path: Path) -> dict[str, Any]:
+def read_job(path: Path) -> tuple["tasks.Request", dict[str, Path], dict[str, Path]]:
+    """The request a job file describes, and its input and output files (relative to the job file's folder)."""
     try:
-        job = json.loads(Path(path).read_text())
+        job = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"job file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"job file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(job, dict) or job.get("task") not in TASKS:
-        raise InputError(f"job file {path} must be a JSON object whose task is one of {', '.join(TASKS)}")
-    for key in ("inputs", "outputs"):
-        if not isinstance(job.get(key), dict) or not job[key]:
-            raise InputError(f"job file {path} needs a non-empty '{key}' object of name -> file path")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"job file {path} is not valid JSON ({exc})") from None
+    request = tasks.request_from_job(job)
     base = Path(path).resolve().parent
+    files = []
     for key in ("inputs", "outputs"):
-        job[key] = {name: (base / value) for name, value in job[key].items()}
-    return job
+        if not isinstance(job.get(key), dict) or not job[key] or not all(isinstance(v, str) for v in job[key].values()):
+            raise InputError(f"job file {path} needs a non-empty '{key}' object of name -> file path")
+        files.append({name: base / value for name, value in job[key].items()})
+    return request, files[0], files[1]
 
 
-def expected_outputs(task: str, samples: int, targets: list[str] | None = None) -> set[str]:
-    """The output names a job must list: each target (+ '<target>_std'), or 'labels' (+ 'probability')."""
-    if task == "translate":
-        return set(targets or []) | ({f"{t}_std" for t in targets or []} if samples > 1 else set())
-    return {"labels"} | ({"probability"} if samples > 1 else set())
-
-
-def _require(job: dict, names: tuple[str, ...], key: str) -> None:
-    missing = [n for n in names if n not in job[key]]
-    if missing:
-        raise InputError(f"the job's {key} lack {', '.join(missing)}")
-
-
-def _check_outputs(job: dict, expected: set[str]) -> None:
-    if set(job["outputs"]) != expected:
-        raise InputError(f"the job's outputs must be exactly {', '.join(sorted(expected))}, "
-                         f"got {', '.join(sorted(job['outputs']))}")
-
-
-def _count(job: dict, key: str, default: int | None) -> int | None:
-    value = job.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"the job's {key} must be a whole number of at least 1, got {value!r}")
-    return value
-
-
-def run_job(job: dict[str, Any], options) -> list[Path]:
-    """Run one job (already read by `read_job`) with RunOptions; returns the written output paths."""
-    import numpy as np
-
-    from .volume import read_volume, write_volumes
-    from .weights import load_model
-
-    samples = _count(job, "samples", 1)
-    steps = _count(job, "steps", None)  # null: the model card's default
-    if not job.get("model"):
-        raise InputError("the job names no model")
-    if job["task"] == "translate":
-        from .pipelines import translate
-
-        _require(job, ("t1", "t2"), "inputs")
-        loaded = load_model(job["model"], task="translation")
-        targets = list(job.get("targets") or loaded.card.output_names)
-        _check_outputs(job, expected_outputs("translate", samples, targets))
-        options.progress(0.0, "reading inputs")
-        t1, t2 = read_volume(job["inputs"]["t1"]), read_volume(job["inputs"]["t2"])
-        volumes = translate(t1, t2, loaded, targets, steps, samples, options, bool(job.get("per_volume_representation")))
-        files = {job["outputs"][name]: (volume, np.float32) for name, volume in volumes.items()}
-    else:
-        from .pipelines import segment
-
-        _require(job, ("image",), "inputs")
-        _check_outputs(job, expected_outputs("segment", samples))
-        loaded = load_model(job["model"], task="segmentation")
-        options.progress(0.0, "reading inputs")
-        image = read_volume(job["inputs"]["image"])
-        result = segment(image, loaded, steps, samples, float(job.get("threshold", 0.5)), options)
-        files = {job["outputs"]["labels"]: (result.labels, np.uint8)}
-        if result.probability is not None:
-            files[job["outputs"]["probability"]] = (result.probability, np.float32)
-    options.progress(1.0, "writing outputs")
-    return write_volumes(files)
-
-
-def _run_options(job: dict, writer: ProtocolWriter, cancel: CancelToken):
-    from .volume.engine import RunOptions
-
-    seed = job.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"the job's seed must be a whole number, got {seed!r}")
-    return RunOptions(device=str(job.get("device", "auto")), batch_size=_count(job, "batch_size", 8),
-                      seed=seed, progress=writer.progress, cancel=cancel)
+def run_job(path: Path, writer: "ProtocolWriter", cancel: CancelToken) -> list[Path]:
+    """Run one job file; returns the written output paths."""
+    request, inputs, outputs = read_job(path)
+    loaded = tasks.load(request)
+    return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(writer.progress, cancel))
 
 
 def _print_devices(stream: TextIO) -> int:
     from .device import available_devices
 
     stream.write(json.dumps([list(device) for device in available_devices()]) + "\n")
+    return EXIT_OK
+
+
+def _print_probe(modules: list[str], stream: TextIO) -> int:
+    """One JSON line for a GUI that must not import torch itself: {"versions": {module: version} of the `modules`
+    that import, "failed": {module: why not}, "devices": the device menu, empty when torch does not import}."""
+    import importlib
+    import importlib.metadata
+
+    versions, failed = {}, {}
+    for name in modules or ["torch"]:
+        try:
+            module = importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - a broken install raises anything at import
+            failed[name] = f"{type(error).__name__}: {error}"
+            continue
+        version = getattr(module, "__version__", None)
+        if not isinstance(version, str):
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                version = ""
+        versions[name] = version
+    devices = []
+    if "torch" not in failed:
+        try:
+            from .device import available_devices
+
+            devices = [list(device) for device in available_devices()]
+        except Exception as error:  # noqa: BLE001 - e.g. a CUDA driver that fails to initialise
+            failed["torch"] = f"{type(error).__name__}: {error}"
+            versions.pop("torch", None)
+    stream.write(json.dumps({"versions": versions, "failed": failed, "devices": devices}) + "\n")
     return EXIT_OK
 
 
@@ -175,8 +140,10 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None,
     writer = ProtocolWriter(stream)
     if argv == ["--devices"]:
         return _print_devices(stream)
+    if argv[:1] == ["--probe"]:
+        return _print_probe(argv[1:], stream)
     if len(argv) != 1 or argv[0].startswith("-"):
-        writer.error("usage: python -m MedDiffusionExtension.runner JOB.json | --devices")
+        writer.error("usage: python -m MedDiffusionExtension.runner JOB.json | --devices | --probe [MODULE ...]")
         return EXIT_INPUT
     cancel = CancelToken()
     restore: list[Callable[[], Any]] = []
@@ -186,11 +153,8 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None,
             previous = signal.signal(signum, lambda *_: cancel.cancel())
             restore.append(lambda s=signum, p=previous: signal.signal(s, p))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda message, *_a, **_k: writer.warning(str(message))
-            job = read_job(Path(argv[0]))
-            written = run_job(job, _run_options(job, writer, cancel))
+        with tasks.warnings_to(writer.warning):
+            written = run_job(Path(argv[0]), writer, cancel)
         if cancel.cancelled:  # SIGTERM during the final write: the caller wants nothing, so leave nothing
             for path in written:
                 path.unlink(missing_ok=True)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from MedDiffusionExtension.data import write_brats_case, write_btcv_dataset
 from MedDiffusionExtension.pipelines import segment, translate
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.weights import load_model
 from training.cli import main as training_main
+from training.phantoms import write_brats_case, write_btcv_dataset
 
 from tiny_models import MICRO_CDM, MICRO_SDSEG
 
@@ -56,7 +56,7 @@ def test_cdm_three_stages_then_translate(tmp_path, brats_root):
     assert loaded.card.data["architecture"]["mdn"]["source_condition_dim"] == MICRO_CDM["representation_dim"]
     case = next(brats_root.iterdir())
     t1, t2 = (read_volume(next(case.glob(f"*-{m}.nii.gz"))) for m in ("t1n", "t2w"))
-    out = translate(t1, t2, loaded, ["t1c", "t2f"])
+    out = translate(inputs=[t1, t2], loaded=loaded, targets=["t1c", "t2f"])
     assert out["t1c"].shape == t1.shape and np.isfinite(out["t2f"].array).all()
 
 
@@ -72,5 +72,5 @@ def test_sdseg_stages_then_segment(tmp_path):
     loaded = load_model(final)
     assert loaded.card.data["recipe"]["config"]["latent_scale"] == pytest.approx(float(tensors["latent_scale"]), rel=1e-4)
     image = read_volume(root / "img" / "img0001.nii.gz")
-    result = segment(image, loaded, samples=2)
+    result = segment(image=image, loaded=loaded, samples=2)
     assert result.labels.array.dtype == np.uint8 and result.probability is not None

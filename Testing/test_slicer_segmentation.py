@@ -66,7 +66,7 @@ def test_bad_requests_are_refused_before_anything_runs(module, scene, tiny_model
         logic.process(ct, modelName=tiny_models["sdseg"], threshold=1.5)
     with pytest.raises(InputError, match="select a CT"):
         logic.process(None, modelName=tiny_models["sdseg"])
-    with pytest.raises(InputError, match="no segmentation model named"):
+    with pytest.raises(InputError, match="not a segmentation model"):
         logic.process(ct, modelName=tiny_models["cdm"])
     assert scene.GetNumberOfNodes() == count
 
@@ -74,13 +74,13 @@ def test_bad_requests_are_refused_before_anything_runs(module, scene, tiny_model
 def test_segments_come_from_the_card_or_a_generic_one(module, tiny_models):  # noqa: F811
     card = module.MedDiffusionSegmentationLogic.model(tiny_models["sdseg"])
     segments = module.MedDiffusionSegmentationLogic.segments(card)
-    assert segments == card.data["segments"] and segments[0]["label"] == 1
+    assert [(s.name, s.label, list(s.color)) for s in segments] == [
+        (s["name"], s["label"], s["color"]) for s in card.data["segments"]] and segments[0].label == 1
 
-    class Bare:
-        data = {}
-        output_names = ["label"]
+    from MedDiffusionExtension.weights.card import parse_card
 
-    assert module.MedDiffusionSegmentationLogic.segments(Bare())[0]["name"] == "label"
+    bare = parse_card({key: value for key, value in card.data.items() if key != "segments"}, card.directory)
+    assert [(s.name, s.label) for s in module.MedDiffusionSegmentationLogic.segments(bare)] == [(card.output_names[0], 1)]
 
 
 def test_parameter_node_threshold_is_range_checked(module, scene):

@@ -1,8 +1,8 @@
-"""CT segmentation with SDSeg: single-step latent diffusion, slice by slice, in the CT's exact geometry.
+"""CT segmentation: a label map on the CT's exact grid, slice by slice.
 
-Per slice: encode the windowed CT to the condition latent z_c; start from pure noise z_T at t = T-1 (fresh, seeded
-noise for every slice); one denoiser pass predicts eps; the x0 formula gives the mask latent; decode to a probability.
---steps N > 1 runs DDIM instead; --samples K averages K probability maps (an ensemble) and keeps the mean map.
+SDSeg, per slice: encode the windowed CT to the condition latent z_c; start from pure noise z_T at t = T-1 (fresh,
+seeded noise for every slice); one denoiser pass predicts eps; the x0 formula gives the mask latent; decode to a
+probability. Steps N > 1 runs DDIM instead; K samples average K probability maps (an ensemble).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..errors import InputError
 from ..volume import Volume, scaling_from_card, validate_volume
 from ..volume.engine import EngineInput, RunOptions, SliceBatch, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler
+from .registry import build_slice_model, slice_model
 
 
 @dataclass
@@ -28,40 +28,36 @@ class SegmentationResult:
 
 
 def segment(
-    image: Volume, loaded: LoadedModel, steps: int | None = None, samples: int = 1, threshold: float = 0.5,
+    *, image: Volume, loaded: LoadedModel, steps: int | None = None, samples: int = 1, threshold: float = 0.5,
     options: RunOptions | None = None,
 ) -> SegmentationResult:
+    """Label `image` with the card's segment; the task layer (tasks.SegmentRequest) has checked the request."""
     options = options or RunOptions()
     card = loaded.card
-    if card.method not in ("sdseg", "segunet"):
-        raise InputError(f"model {card.name!r} is a {card.method} model; segment needs an SDSeg (or plain UNet) model")
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"--threshold must be between 0 and 1, got {threshold}")
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}")
     validate_volume(image, "CT")
-    device = resolve_device(options.device)
-    network = build_network(loaded, device)
-    scaling = scaling_from_card(card.data["normalization"], image.array)
-    if card.method == "segunet":  # the non-diffusion baseline: one deterministic pass
-        samples = 1
-        slice_model = lambda batch: torch.sigmoid(network(batch.images).float())  # noqa: E731
-    else:
-        slice_model = _sdseg_slice_model(network, card.data["sampling"], steps, samples)
-
-    probability = run_slicewise([EngineInput(image, "CT", scaling)], slice_model, 1, card.data["architecture"].get("image_size"), options)[0]
-    label_value = int(card.data.get("segments", [{"label": 1}])[0]["label"])
-    labels = np.where(probability > threshold, label_value, 0).astype(np.uint8)
+    network = build_network(loaded, resolve_device(options.device))
+    scaling = scaling_from_card(card.normalization, image.array)
+    model = build_slice_model(network, card, steps=steps, samples=samples)
+    probability = run_slicewise([EngineInput(image, "CT", scaling)], model, 1, card.image_size, options)[0]
+    # A binary model has one foreground class: the card's first (and only) segment gives its label value.
+    labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
     return SegmentationResult(image.with_array(labels), image.with_array(probability) if samples > 1 else None)
 
 
-def _sdseg_slice_model(network, sampling: dict, steps, samples: int):
-    sampler = make_sampler(sampling, steps)
-    prediction_type = sampling["prediction_type"]
-    last_t = sampler.schedule.num_steps - 1
-    single_step = (steps or sampling["steps"]) == 1
+@slice_model("segunet")
+def _unet_slice_model(network, card, **_):
+    """The non-diffusion baseline: one deterministic pass."""
+    return lambda batch: torch.sigmoid(network(batch.images).float())
 
-    def slice_model(batch: SliceBatch) -> torch.Tensor:
+
+@slice_model("sdseg")
+def _sdseg_slice_model(network, card, *, steps, samples: int, **_):
+    sampler = make_sampler(card.sampling, steps)
+    prediction_type = card.sampling.prediction_type
+    last_t = sampler.schedule.num_steps - 1
+    single_step = (steps or card.sampling.steps) == 1
+
+    def model(batch: SliceBatch) -> torch.Tensor:
         condition = network.encode_image(batch.images)
         probability = torch.zeros((batch.images.shape[0], 1, *batch.images.shape[2:]), device=batch.images.device)
         for sample in range(samples):
@@ -75,4 +71,4 @@ def _sdseg_slice_model(network, sampling: dict, steps, samples: int):
             probability += network.decode_mask(latent).float()
         return probability / samples
 
-    return slice_model
+    return model

@@ -65,12 +65,13 @@ def ct_window(low: float = -175.0, high: float = 250.0) -> IntensityScaling:
     return IntensityScaling(low, high, clip=True)
 
 
-def scaling_from_card(normalization: dict, array: np.ndarray) -> IntensityScaling:
-    """The scaling a model card asks for, fitted to this volume where it is per-volume."""
-    kind = normalization.get("kind")
-    if kind == "mri_percentile":
-        return fit_mri_scaling(array, normalization.get("lower", 0.5), normalization.get("upper", 99.5))
-    if kind == "ct_window":
-        low, high = normalization.get("window", (-175.0, 250.0))
-        return ct_window(low, high)
-    raise InputError(f"unknown normalization {kind!r} in the model card; expected mri_percentile or ct_window")
+def scaling_from_card(normalization, array: np.ndarray) -> IntensityScaling:
+    """The scaling a card's normalization (typed, or its JSON form) asks for, fitted to this volume where it is
+    per-volume."""
+    from ..weights.card import Normalization
+
+    if not isinstance(normalization, Normalization):
+        normalization = Normalization.parse(normalization, "normalization")
+    if normalization.kind == "mri_percentile":
+        return fit_mri_scaling(array, normalization.lower, normalization.upper)
+    return ct_window(*normalization.window)

@@ -1,31 +1,173 @@
-"""The model card: the JSON document that says what a weights file is, how it was made and how well it does."""
+"""The model card: the JSON document that says what a weights file is, how it was made and how well it does.
+
+`read_card` validates the fields inference relies on once, on load, and turns them into typed parts (sampling,
+normalization, segments, output range), so that no reader downstream carries its own `dict.get(key, default)`.
+Defaults for fields that older cards may lack live here and nowhere else. The free-form rest (training, metrics,
+recipe...) stays in `ModelCard.data`.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import InputError
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 
-# Fields every card must carry (ARCHITECTURE.md "Contracts"); the rest is free-form per method.
+# Fields every card must carry; the rest is free-form per method.
 REQUIRED_FIELDS = (
     "name", "version", "task", "method", "inputs", "outputs", "normalization", "architecture",
     "training", "metrics", "license", "citation", "sha256",
 )
 TASKS = ("translation", "segmentation")
+NORMALIZATIONS = ("mri_percentile", "ct_window")
+SCHEDULES = ("linear", "scaled_linear", "cosine")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+# A card that names no segment gets one generic segment (label 1) in this colour.
+DEFAULT_SEGMENT_COLOR = (0.9, 0.4, 0.3)
+
+
+class CardError(InputError):
+    """A card field is missing or malformed; the message names the field and the card."""
+
+
+def _field(where: str, name: str, value: Any, kind, *, choices=None, positive: bool = False):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise CardError(f"model card {where}: {name} must be {kind.__name__}, got {value!r}; re-export the model")
+    if choices is not None and value not in choices:
+        raise CardError(f"model card {where}: {name} is {value!r}, expected one of {', '.join(choices)}")
+    if positive and not value > 0:
+        raise CardError(f"model card {where}: {name} must be positive, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str
+    num_steps: int = 1000
+    beta_start: Optional[float] = None  # None: the schedule kind's own default
+    beta_end: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    schedule: Schedule
+    prediction_type: str
+    steps: int
+    eta: float = 0.0
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    clip_sample: Optional[float] = None
+    set_alpha_to_one: bool = False
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> "Sampling":
+        _field(where, "sampling", data, dict)
+        schedule = _field(where, "sampling.schedule", data.get("schedule"), dict)
+        optional = lambda key: None if schedule.get(key) is None else _field(where, f"sampling.schedule.{key}", schedule[key], float)  # noqa: E731
+        clip = data.get("clip_sample")
+        return cls(
+            schedule=Schedule(
+                _field(where, "sampling.schedule.kind", schedule.get("kind"), str, choices=SCHEDULES),
+                _field(where, "sampling.schedule.num_steps", schedule.get("num_steps", 1000), int, positive=True),
+                optional("beta_start"), optional("beta_end")),
+            prediction_type=_field(where, "sampling.prediction_type", data.get("prediction_type"), str, choices=PREDICTION_TYPES),
+            steps=_field(where, "sampling.steps", data.get("steps"), int, positive=True),
+            eta=_field(where, "sampling.eta", data.get("eta", 0.0), float),
+            timestep_spacing=_field(where, "sampling.timestep_spacing", data.get("timestep_spacing", "leading"), str,
+                                    choices=TIMESTEP_SPACINGS),
+            steps_offset=_field(where, "sampling.steps_offset", data.get("steps_offset", 0), int),
+            clip_sample=None if clip is None else _field(where, "sampling.clip_sample", clip, float),
+            set_alpha_to_one=_field(where, "sampling.set_alpha_to_one", data.get("set_alpha_to_one", False), bool),
+        )
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How input intensities reach the model range [-1, 1]: per-volume MRI percentiles or a fixed CT window."""
+
+    kind: str
+    lower: float = 0.5  # mri_percentile: foreground percentiles mapped to -1 and 1
+    upper: float = 99.5
+    window: tuple[float, float] = (-175.0, 250.0)  # ct_window: HU mapped to -1 and 1
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> "Normalization":
+        _field(where, "normalization", data, dict)
+        kind = _field(where, "normalization.kind", data.get("kind"), str, choices=NORMALIZATIONS)
+        window = data.get("window", cls.window)
+        if not (isinstance(window, (list, tuple)) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window)
+                and window[0] < window[1]):
+            raise CardError(f"model card {where}: normalization.window must be [low, high] HU with low < high, got {window!r}")
+        return cls(kind, _field(where, "normalization.lower", data.get("lower", 0.5), float),
+                   _field(where, "normalization.upper", data.get("upper", 99.5), float), (float(window[0]), float(window[1])))
+
+
+@dataclass(frozen=True)
+class OutputRange:
+    """Intensity outputs leave the model in [-1, 1] and are written in these display units (synthetic MR has no
+    physical unit); `to_unit` maps them back to [0, 1], the scale metrics are computed on."""
+
+    low: float = 0.0
+    high: float = 1000.0
+
+    def from_model(self, values, is_spread: bool = False):
+        half = (self.high - self.low) / 2.0
+        return values * half if is_spread else (values.clip(-1.0, 1.0) + 1.0) * half + self.low
+
+    def to_unit(self, values, is_spread: bool = False):
+        return values / (self.high - self.low) if is_spread else (values - self.low) / (self.high - self.low)
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    label: int
+    color: tuple[float, float, float]
+
+    @classmethod
+    def parse(cls, data: Any, where: str, index: int) -> "Segment":
+        name = f"segments[{index}]"
+        _field(where, name, data, dict)
+        color = data.get("color", DEFAULT_SEGMENT_COLOR)
+        if not (isinstance(color, (list, tuple)) and len(color) == 3 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)):
+            raise CardError(f"model card {where}: {name}.color must be three numbers in 0..1, got {color!r}")
+        label = _field(where, f"{name}.label", data.get("label"), int)
+        if not 1 <= label <= 255:
+            raise CardError(f"model card {where}: {name}.label must be 1..255 (0 is background), got {label}")
+        return cls(_field(where, f"{name}.name", data.get("name"), str), label, tuple(float(c) for c in color))
+
+
+def _names(data: Any, where: str, key: str) -> tuple[str, ...]:
+    if not isinstance(data, list) or not data:
+        raise CardError(f"model card {where}: {key} must be a non-empty list of {{\"name\": ...}} objects")
+    names = tuple(_field(where, f"{key}[{i}].name", item.get("name") if isinstance(item, dict) else None, str)
+                  for i, item in enumerate(data))
+    if len(set(names)) != len(names):
+        raise CardError(f"model card {where}: {key} repeats a name ({', '.join(names)})")
+    return names
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    """A validated card plus the folder it was read from."""
+    """A validated card, its typed parts, and the folder it was read from."""
 
     data: dict[str, Any]
     directory: Path
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    normalization: Normalization
+    sampling: Optional[Sampling]  # None for the non-diffusion baselines
+    segments: tuple[Segment, ...]  # segmentation cards: one per foreground class; () for translation
+    output_range: OutputRange
+    image_size: Optional[int]
 
     @property
     def name(self) -> str:
@@ -44,37 +186,61 @@ class ModelCard:
         return self.data["task"]
 
     @property
+    def is_default(self) -> bool:
+        return bool(self.data.get("default", False))
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return self.data["architecture"]
+
+    @property
     def weights_path(self) -> Path:
         return self.directory / self.data.get("weights", WEIGHTS_FILE)
 
-    @property
-    def output_names(self) -> list[str]:
-        return [o["name"] for o in self.data["outputs"]]
-
     def summary(self) -> str:
         """One line for `models list`."""
-        ins = ",".join(i["name"] for i in self.data["inputs"])
-        outs = ",".join(self.output_names)
-        return f"{self.name:<24} {self.version:<8} {self.method:<6} {ins} -> {outs}"
+        return f"{self.name:<24} {self.version:<8} {self.method:<6} {','.join(self.input_names)} -> {','.join(self.output_names)}"
 
 
 def validate_card(data: Any, where: Path) -> None:
+    parse_card(data, Path(where).parent)
+
+
+def parse_card(data: Any, directory: Path, where: Optional[str] = None) -> ModelCard:
+    where = where or str(Path(directory) / CARD_FILE)
     if not isinstance(data, dict):
-        raise InputError(f"{where} is not a model card (expected a JSON object); re-export the model")
+        raise CardError(f"{where} is not a model card (expected a JSON object); re-export the model")
     missing = [f for f in REQUIRED_FIELDS if f not in data]
     if missing:
-        raise InputError(f"model card {where} lacks {', '.join(missing)}; re-export the model with `python -m training export`")
-    if data["task"] not in TASKS:
-        raise InputError(f"model card {where} has task {data['task']!r}; expected one of {', '.join(TASKS)}")
+        raise CardError(f"model card {where} lacks {', '.join(missing)}; re-export the model with `python -m training export`")
+    for key in ("name", "version", "method", "sha256"):
+        _field(where, key, data[key], str)
+    _field(where, "task", data["task"], str, choices=TASKS)
+    architecture = _field(where, "architecture", data["architecture"], dict)
+    image_size = architecture.get("image_size")
+    if image_size is not None:
+        _field(where, "architecture.image_size", image_size, int, positive=True)
+    outputs = _names(data["outputs"], where, "outputs")
+    segments: tuple[Segment, ...] = ()
+    if data["task"] == "segmentation":
+        raw = data.get("segments") or [{"name": outputs[0], "label": 1, "color": list(DEFAULT_SEGMENT_COLOR)}]
+        if not isinstance(raw, list):
+            raise CardError(f"model card {where}: segments must be a list")
+        segments = tuple(Segment.parse(item, where, i) for i, item in enumerate(raw))
+        if len({s.label for s in segments}) != len(segments):
+            raise CardError(f"model card {where}: two segments share a label value")
+    # Diffusion models need a sampler; the plain UNet baselines ("cunet", "segunet") have none.
+    sampling = Sampling.parse(data["sampling"], where) if "sampling" in data else None
+    return ModelCard(data, Path(directory), _names(data["inputs"], where, "inputs"), outputs,
+                     Normalization.parse(data["normalization"], where), sampling, segments, OutputRange(), image_size)
 
 
 def read_card(directory: Path) -> ModelCard:
     path = Path(directory) / CARD_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"no {CARD_FILE} in {directory}; a model folder holds {WEIGHTS_FILE} and {CARD_FILE}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-export the model") from None
-    validate_card(data, path)
-    return ModelCard(data, Path(directory))
+        raise CardError(f"no {CARD_FILE} in {directory}; a model folder holds {WEIGHTS_FILE} and {CARD_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CardError(f"{path} is not valid JSON ({exc}); re-export the model") from None
+    return parse_card(data, Path(directory), str(path))

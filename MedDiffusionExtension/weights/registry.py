@@ -6,6 +6,7 @@ A user model with the same name as a bundled one wins, so a researcher can retra
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import InputError
@@ -37,7 +38,12 @@ class ModelRegistry:
             if not root.is_dir():
                 continue
             for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
-                card = read_card(card_path.parent)
+                try:
+                    card = read_card(card_path.parent)
+                except InputError as error:
+                    # One broken model folder must not hide every other model (the bundled defaults above all).
+                    warnings.warn(f"skipped the model in {card_path.parent}: {error}", stacklevel=2)
+                    continue
                 found[card.name] = card
         return found
 
@@ -61,5 +67,5 @@ class ModelRegistry:
         if not candidates:
             raise InputError(f"no {method} model is installed; train one (`python -m training ...`) or pass --model")
         # Prefer the bundled default flagged as such; otherwise the first by name.
-        flagged = [c for c in candidates if c.data.get("default")]
+        flagged = [c for c in candidates if c.is_default]
         return (flagged or sorted(candidates, key=lambda c: c.name))[0]

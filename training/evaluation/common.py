@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from MedDiffusionExtension.tasks import RunSettings, SegmentRequest, TranslateRequest
 from MedDiffusionExtension.weights import ModelRegistry
 
 
@@ -37,3 +38,14 @@ def update_card_metrics(model: str, metrics: dict) -> Path:
 
 def limit(cases: list, max_cases: int) -> list:
     return cases[:max_cases] if max_cases else cases
+
+
+def run_model(loaded, inputs: dict, *, device: str, batch_size: int, seed: int = 0, steps=None, samples: int = 1,
+              **task_options) -> dict:
+    """Output name -> Volume of `loaded` on `inputs` (Volumes named as the model's inputs), through the same task
+    layer as the CLI and Slicer: the card's normalization, sampling and output scale, the request's checks."""
+    request_type = {"translation": TranslateRequest, "segmentation": SegmentRequest}[loaded.card.task]
+    request = request_type(model=str(loaded.card.directory), settings=RunSettings(
+        steps=steps, samples=samples, seed=seed, device=device, batch_size=batch_size), **task_options)
+    request.check(loaded.card)
+    return request.run(inputs, loaded, request.settings.run_options())

@@ -33,11 +33,12 @@ def _unit(array):
 
 
 def translation_figure(path: Path, volumes: dict, reference: dict, synthetic: dict, brain: np.ndarray, case_id: str) -> Path:
-    """Rows T1c and T2f: T1 | T2 | synthetic | reference | |error| | uncertainty (std over samples)."""
+    """Rows T1c and T2f: T1 | T2 | synthetic | reference | |error| | uncertainty (std over samples); synthetic
+    volumes and their spread on the metric scale [0, 1]."""
     k = int(np.argmax(brain.reshape(brain.shape[0], -1).sum(1)))  # the slice with most brain
     figure, axes = plt.subplots(2, 6, figsize=(15, 5.4))
     for row, target in enumerate(("t1c", "t2f")):
-        fake = synthetic[target][k] / 1000.0
+        fake = synthetic[target][k]
         real = reference[target][k]
         _show(axes[row, 0], _unit(volumes["t1n"][k]), "T1 (input)")
         _show(axes[row, 1], _unit(volumes["t2w"][k]), "T2 (input)")
@@ -46,7 +47,7 @@ def translation_figure(path: Path, volumes: dict, reference: dict, synthetic: di
         _show(axes[row, 4], np.abs(fake - real), "|error|", cmap="magma", vmin=0, vmax=0.3, colorbar=True)
         std_key = f"{target}_std"
         if std_key in synthetic:
-            _show(axes[row, 5], synthetic[std_key][k] / 500.0, "uncertainty (std)", cmap="viridis", vmin=0, colorbar=True)
+            _show(axes[row, 5], synthetic[std_key][k], "uncertainty (std)", cmap="viridis", vmin=0, colorbar=True)
         else:
             axes[row, 5].axis("off")
     figure.suptitle(f"{case_id}, axial slice {k} (radiological view: patient right on the left)", fontsize=10)

@@ -10,13 +10,11 @@ import platform
 import numpy as np
 
 from MedDiffusionExtension import metrics
-from MedDiffusionExtension.pipelines import segment
 from MedDiffusionExtension.volume import AxialReorientation, read_volume
-from MedDiffusionExtension.volume.engine import RunOptions
 from MedDiffusionExtension.weights import load_model
 
 from ..data import btcv_split, read_btcv
-from .common import limit, markdown_table, timed, update_card_metrics
+from .common import limit, markdown_table, run_model, timed, update_card_metrics
 from .figures import segmentation_figure
 
 STABILITY_SEEDS = (0, 1, 2, 3, 4)
@@ -40,16 +38,16 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
         reference = read_volume(case.paths["label"]).array > 0
         spacing = image.spacing[::-1]  # metrics take (k, j, i) spacing like the arrays
         for name, loaded, steps, samples in variants:
-            seconds, result = timed(segment, image, loaded, steps, samples,
-                                    options=RunOptions(device=args.device, batch_size=args.batch_size, seed=0))
-            prediction = result.labels.array > 0
+            seconds, result = timed(run_model, loaded, {"image": image}, device=args.device, batch_size=args.batch_size,
+                                    steps=steps, samples=samples)
+            prediction = result["labels"].array > 0
             scores[name].append(metrics.segmentation_metrics(prediction, reference, spacing))
             seconds_per_slice[name].append(seconds / image.shape[0])
             if number == 0 and name == variants[0][0]:
                 axial = AxialReorientation.for_volume(image).apply
                 segmentation_figure(args.figure or args.out / "case.png", axial(image.array.astype(np.float32)),
                                     axial(prediction), axial(reference), case.case_id, scores[name][-1]["dice"])
-        runs = [segment(image, model, 1, 1, options=RunOptions(device=args.device, batch_size=args.batch_size, seed=s)).labels.array > 0
+        runs = [run_model(model, {"image": image}, device=args.device, batch_size=args.batch_size, seed=s, steps=1)["labels"].array > 0
                 for s in STABILITY_SEEDS]
         stability["pairwise_dice"].append(float(np.mean([metrics.dice(a, b) for a, b in itertools.combinations(runs, 2)])))
         stability["dice_std"].append(float(np.std([metrics.dice(r, reference) for r in runs])))

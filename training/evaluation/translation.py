@@ -10,15 +10,15 @@ import numpy as np
 from MedDiffusionExtension import metrics
 from MedDiffusionExtension.device import resolve_device
 from MedDiffusionExtension.errors import InputError
-from MedDiffusionExtension.pipelines import translate
 from MedDiffusionExtension.pipelines.common import build_network
-from MedDiffusionExtension.volume import AxialReorientation, read_volume
+from MedDiffusionExtension.tasks import is_spread
+from MedDiffusionExtension.volume import AxialReorientation, read_volume, scaling_from_card
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
-from MedDiffusionExtension.volume.normalize import fit_mri_scaling, foreground_mask
+from MedDiffusionExtension.volume.normalize import foreground_mask
 from MedDiffusionExtension.weights import load_model
 
 from ..data import read_mri_cases, split_by_volume
-from .common import limit, markdown_table, timed, update_card_metrics
+from .common import limit, markdown_table, run_model, timed, update_card_metrics
 from .figures import translation_figure
 
 TARGETS = ("t1c", "t2f")
@@ -26,9 +26,17 @@ SOURCES_OF = {"t1c": "t1n", "t2f": "t2w"}  # the copy baseline
 MIN_FOREGROUND = 0.05  # same slice filter as training: near-empty slices are not averaged in 2D metrics
 
 
-def _unit(volume_array: np.ndarray) -> np.ndarray:
-    """A reference or source MRI volume on the metric scale [0, 1]: the model's normalization, then (x + 1) / 2."""
-    return (fit_mri_scaling(volume_array).forward(volume_array) + 1.0) / 2.0
+def _unit(volume_array: np.ndarray, card) -> np.ndarray:
+    """A reference or source MRI volume on the metric scale [0, 1]: the card's normalization, then (x + 1) / 2."""
+    return (scaling_from_card(card.normalization, volume_array).forward(volume_array) + 1.0) / 2.0
+
+
+def _synthesize(loaded, volumes, options, **request) -> dict:
+    """{output: Volume on the metric scale [0, 1]}: the task layer's outputs, as the CLI writes them, mapped back."""
+    out = run_model(loaded, {"t1": volumes["t1n"], "t2": volumes["t2w"]}, device=options.device,
+                    batch_size=options.batch_size, targets=TARGETS, **request)
+    scale = loaded.card.output_range
+    return {name: volume.with_array(scale.to_unit(volume.array, is_spread=is_spread(name))) for name, volume in out.items()}
 
 
 def _scores(prediction: np.ndarray, reference: np.ndarray, counted: np.ndarray) -> dict[str, float]:
@@ -49,15 +57,17 @@ def _through_plane_energy(volume: np.ndarray, mask: np.ndarray) -> float:
 
 def _upper_bound(loaded, case_volumes, options) -> dict[str, np.ndarray]:
     """C-UNet driven by the ground-truth representation MRM(T1c, T2f): what a perfect MDN would give."""
+    card = loaded.card
     network = build_network(loaded, resolve_device(options.device))
-    inputs = [EngineInput(case_volumes[m], m, fit_mri_scaling(case_volumes[m].array)) for m in ("t1n", "t2w", "t1c", "t2f")]
+    inputs = [EngineInput(case_volumes[m], m, scaling_from_card(card.normalization, case_volumes[m].array))
+              for m in ("t1n", "t2w", "t1c", "t2f")]
 
     def slice_model(batch):
         representation = network.mrm.represent(batch.images[:, 2:])
         return network.cunet(batch.images[:, :2], representation)
 
-    out = run_slicewise(inputs, slice_model, 2, loaded.card.data["architecture"]["image_size"], options)
-    return {t: (np.clip(out[i], -1, 1) + 1) / 2 for i, t in enumerate(TARGETS)}
+    out = run_slicewise(inputs, slice_model, 2, card.image_size, options)
+    return {t: card.output_range.to_unit(card.output_range.from_model(out[i])) for i, t in enumerate(TARGETS)}
 
 
 def evaluate_translation(args: argparse.Namespace) -> dict:
@@ -69,9 +79,9 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
     baseline = load_model(args.baseline, task="translation") if args.baseline else None
     compared = [load_model(name, task="translation") for name in args.compare.split(",") if name]
     options = RunOptions(device=args.device, batch_size=args.batch_size, seed=0)
-    default_steps = model.card.data["sampling"]["steps"]
+    default_steps = model.card.sampling.steps
     model_row = _row_name(model, default_steps)
-    if any(_row_name(other, other.card.data["sampling"]["steps"]) == model_row for other in compared):
+    if any(_row_name(other, other.card.sampling.steps) == model_row for other in compared):
         raise InputError(f"--compare names {model_row}, the model being evaluated; compare other models")
     rows: dict[str, list[dict]] = {}
     sweep: dict[int, list[dict]] = {}
@@ -87,38 +97,39 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
         volumes = {m: read_volume(case.paths[m]) for m in ("t1n", "t2w", "t1c", "t2f")}
         # Metrics slice along the patient's axial plane, as the model does, whatever the storage order.
         axial = AxialReorientation.for_volume(volumes["t1n"]).apply
-        reference = {t: axial(_unit(volumes[t].array)) for t in TARGETS}
+        reference = {t: axial(_unit(volumes[t].array, model.card)) for t in TARGETS}
         brain = axial(foreground_mask(volumes["t1n"].array))
         counted = brain.reshape(brain.shape[0], -1).mean(1) >= MIN_FOREGROUND
         for target in TARGETS:
-            record("Copy source (T1→T1c, T2→T2f)", target, axial(_unit(volumes[SOURCES_OF[target]].array)), reference[target], counted)
+            record("Copy source (T1→T1c, T2→T2f)", target, axial(_unit(volumes[SOURCES_OF[target]].array, model.card)),
+                   reference[target], counted)
         if baseline is not None:
-            seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], baseline, list(TARGETS), options=options)
+            seconds, out = timed(_synthesize, baseline, volumes, options)
             for target in TARGETS:
-                record("UNet (M1, no condition)", target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+                record("UNet (M1, no condition)", target, axial(out[target].array), reference[target], counted, seconds)
         for other in compared:
-            seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], other, list(TARGETS), options=options)
+            seconds, out = timed(_synthesize, other, volumes, options)
             for target in TARGETS:
-                record(_row_name(other, other.card.data["sampling"]["steps"]), target,
-                       axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+                record(_row_name(other, other.card.sampling.steps), target,
+                       axial(out[target].array), reference[target], counted, seconds)
         bound = _upper_bound(model, volumes, options)
         for target in TARGETS:
             record("C-UNet + ground-truth representation (upper bound)", target, axial(bound[target]), reference[target], counted)
         for steps in sorted({10, 20, 30, 40, default_steps}):
-            seconds, out = timed(translate, volumes["t1n"], volumes["t2w"], model, list(TARGETS), steps, options=options)
-            scores = [dict(target=t, **_scores(axial(out[t].array) / 1000.0, reference[t], counted)) for t in TARGETS]
+            seconds, out = timed(_synthesize, model, volumes, options, steps=steps)
+            scores = [dict(target=t, **_scores(axial(out[t].array), reference[t], counted)) for t in TARGETS]
             sweep.setdefault(steps, []).append({"scores": scores, "seconds": seconds})
             if steps == default_steps:
                 for target in TARGETS:
-                    record(model_row, target, axial(out[target].array) / 1000.0, reference[target], counted, seconds)
+                    record(model_row, target, axial(out[target].array), reference[target], counted, seconds)
                 per_slice = out
-        per_volume = translate(volumes["t1n"], volumes["t2w"], model, list(TARGETS), options=options, per_volume_representation=True)
+        per_volume = _synthesize(model, volumes, options, per_volume_representation=True)
         for target in TARGETS:
             consistency["reference"].append(_through_plane_energy(reference[target], brain))
-            consistency["per_slice"].append(_through_plane_energy(axial(per_slice[target].array) / 1000.0, brain))
-            consistency["per_volume"].append(_through_plane_energy(axial(per_volume[target].array) / 1000.0, brain))
+            consistency["per_slice"].append(_through_plane_energy(axial(per_slice[target].array), brain))
+            consistency["per_volume"].append(_through_plane_energy(axial(per_volume[target].array), brain))
         if number == 0:
-            uncertain = translate(volumes["t1n"], volumes["t2w"], model, list(TARGETS), samples=args.samples, options=options)
+            uncertain = _synthesize(model, volumes, options, samples=args.samples)
             figure = args.figure or args.out / "case.png"
             translation_figure(figure, {m: axial(v.array) for m, v in volumes.items()}, reference,
                                {k: axial(v.array) for k, v in uncertain.items()}, brain, case.case_id)

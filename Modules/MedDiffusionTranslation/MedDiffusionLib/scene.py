@@ -75,3 +75,21 @@ def showInSliceViews(background=None, foreground=None, foregroundOpacity: float 
         background=background if background is not None else "keep-current",
         foreground=foreground, foregroundOpacity=foregroundOpacity if foreground is not None else None,
         fit=True)
+
+
+def checkInputs(nodes: dict, needed, label) -> dict:
+    """The input nodes a model needs (name -> node), checked as only Slicer can: each selected, no node twice,
+    all under the same transform (the runner sees voxels and IJK-to-RAS, not parent transforms)."""
+    from MedDiffusionExtension.errors import InputError
+
+    chosen = {}
+    for name in needed:
+        if nodes.get(name) is None:
+            raise InputError(f"select a {label(name)} volume")
+        chosen[name] = nodes[name]
+    selected = list(chosen.values())
+    if len({node.GetID() for node in selected}) < len(selected):
+        raise InputError("the same volume is selected for two inputs; select each scan of the same patient once")
+    if len({node.GetTransformNodeID() for node in selected}) > 1:
+        raise InputError("the inputs are under different transforms; harden the transforms first")
+    return chosen
