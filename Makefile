@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The two set-up commands of the README: `make demo` and `make test` (ruff, then pytest); `make bench` measures.
 # Each creates the project's virtualenv (.venv) on first use and installs what it needs.
 PYTHON ?= python3
 VENV := .venv
@@ -21,10 +21,11 @@ demo: $(STAMP)
 	$(VENV)/bin/meddiffusion demo --out-dir out/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(VENV)/bin/meddiffusion bench
+	$(PY) -m training bench
 
 clean:
 	rm -rf $(VENV) out

@@ -9,11 +9,26 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import unicodedata
 from pathlib import Path
 
 from . import __version__, tasks
 from .errors import Cancelled, InputError
 from .progress import CancelToken
+
+
+class UsageError(Exception):
+    """A command line argparse refuses: reported as one `error:` line like any other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: a newline or escape sequence in a file name must not split or forge the line."""
+    return "".join(ch if unicodedata.category(ch)[0] != "C" or ch == " " else ascii(ch)[1:-1] for ch in str(text))
 
 
 def _positive(value: str) -> int:
@@ -28,18 +43,22 @@ def _add_run_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--method", choices=methods, help=f"method (default: the default model's, {methods[0]})")
     parser.add_argument("--model", help="model name (see `meddiffusion models list`) or a model folder")
     parser.add_argument("--steps", type=_positive, help="sampling steps (default: the model card's)")
-    parser.add_argument("--samples", type=_positive, default=1, help="samples to draw; K > 1 also writes an uncertainty/probability volume")
+    parser.add_argument("--samples", type=_positive, default=1,
+                        help="samples to draw; K > 1 also writes an uncertainty/probability volume")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same output")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="slices per batch (halved automatically on GPU out-of-memory)")
+    parser.add_argument("--batch-size", type=_positive, default=8,
+                        help="slices per batch (halved automatically on GPU out-of-memory)")
     parser.add_argument("--precision", choices=tasks.PRECISIONS, default="auto",
                         help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs; or force one")
     parser.add_argument("--cohort", type=Path, help="CSV with one case per row (see README); resumable, sharded under torchrun")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (refused otherwise)")
+    parser.add_argument("--series", metavar="UID", help="the DICOM series to read when an input folder holds several")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meddiffusion", description="Fast diffusion models for MRI translation and CT segmentation.")
+    parser = _Parser(prog="meddiffusion", description="Fast diffusion models for MRI translation and CT segmentation.")
     parser.add_argument("--version", action="version", version=f"meddiffusion {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--t1", type=Path, help="T1 (t1n) volume: the reference geometry of the outputs")
     translate.add_argument("--t2", type=Path, help="T2 (t2w) volume; resampled onto the T1 grid if needed")
     translate.add_argument("--targets", default="t1c,t2f", help="comma-separated targets among the model's outputs")
-    translate.add_argument("--out-dir", type=Path, required=True, help="writes <target>.nii.gz (and <target>_std.nii.gz when --samples > 1)")
+    translate.add_argument("--out-dir", type=Path, required=True,
+                           help="writes <target>.nii.gz (and <target>_std.nii.gz when --samples > 1)")
     translate.add_argument("--per-volume-representation", action="store_true",
                            help="CDM: draw one target representation for the whole volume instead of one per slice")
     _add_run_options(translate, "translation")
@@ -74,31 +94,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cancel_on_signals(cancel: CancelToken) -> list:
+    """SIGTERM and SIGINT cancel the run (checked between sampling steps): the first one asks, a second one
+    interrupts at once. SIGINT is handled even when the shell set it to ignored, as it does for background jobs."""
+    def handler(signum, _frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    restore = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            restore.append((signum, signal.signal(signum, handler)))
+        except (ValueError, OSError):  # not the main thread (e.g. an embedding application): cannot install
+            pass
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     cancel = CancelToken()
-    previous = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    restore = _cancel_on_signals(cancel)
     try:
-        with tasks.warnings_to(lambda message: print(f"warning: {message}", file=sys.stderr)):
+        args = build_parser().parse_args(argv)
+        with tasks.warnings_to(lambda message: print(f"warning: {one_line(message)}", file=sys.stderr)):
             return _dispatch(args, cancel)
-    except InputError as error:
-        if args.debug:
+    except (InputError, UsageError) as error:
+        if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return tasks.EXIT_INPUT
     except (Cancelled, KeyboardInterrupt):
-        if args.debug:
+        if debug:
             raise
         print("error: cancelled; nothing was written", file=sys.stderr)
         return tasks.EXIT_CANCELLED
     except Exception as error:  # noqa: BLE001 - the last line of defence for a clinician-facing tool
-        if args.debug:
+        if debug:
             raise
-        print(f"error: unexpected failure ({type(error).__name__}: {error}); rerun with --debug and report it", file=sys.stderr)
+        print(f"error: unexpected failure ({type(error).__name__}: {one_line(error)}); rerun with --debug and report it",
+              file=sys.stderr)
         return tasks.EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, previous in restore:
+            signal.signal(signum, previous)
 
 
 def _dispatch(args: argparse.Namespace, cancel: CancelToken) -> int:

@@ -13,9 +13,31 @@ import numpy as np
 from . import tasks
 from .cohort import Shard, read_cohort, run_cohort
 from .errors import InputError
-from .progress import CancelToken, TerminalProgress
+from .progress import CancelToken
 from .volume import read_volume, validate_volume
 from .weights import ModelRegistry
+
+
+class TerminalProgress:
+    """A tqdm bar on stderr, driven by the engine's (fraction, message) callback; silent when disabled."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.enabled, self.label, self.bar = enabled, label, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=1000, desc=self.label, unit="‰", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+        self.bar.n = round(fraction * 1000)
+        self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def log(message: str) -> None:
@@ -40,21 +62,27 @@ def _request(args: argparse.Namespace) -> tasks.Request:
 def _run_case(request, loaded, inputs: dict, outputs: dict, args, cancel: CancelToken, label: str) -> list[Path]:
     progress = TerminalProgress(label, enabled=not args.quiet)
     try:
-        return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel))
+        return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel),
+                             overwrite=args.overwrite, series=args.series)
     finally:
         progress.close()
 
 
 def run_command(args: argparse.Namespace, cancel: CancelToken) -> int:
-    """translate and segment: one case from the flags, or every case of a cohort CSV."""
+    """translate and segment: one case from the flags, or every case of a cohort CSV.
+
+    Everything that can be refused without the model (the cohort file, input headers, output locations) is refused
+    before its weights are read. A cohort exits EXIT_OK when every case is done, EXIT_SOME_FAILED when some failed.
+    """
     request = _request(args)
-    loaded = tasks.load(request)
-    names = request.input_names(loaded.card)
+    card = request.card()
+    names = request.input_names(card)
     destination = args.out_dir if args.command == "translate" else args.out
     if args.cohort:
         if destination is None:
             raise InputError("with --cohort, --out names the folder for <case_id>.nii.gz label files")
         rows = read_cohort(args.cohort, names)
+        loaded = tasks.load(request, card=card)
 
         def outputs_of(row):
             return request.output_files(loaded.card, request.cohort_destination(destination, row["case_id"]))
@@ -63,12 +91,14 @@ def run_command(args: argparse.Namespace, cancel: CancelToken) -> int:
             _run_case(request, loaded, {n: Path(row[n]) for n in names}, outputs_of(row), args, cancel, row["case_id"])
 
         failed = run_cohort(rows, lambda row: list(outputs_of(row).values()), run_row, Shard.from_environment(), log)
-        return tasks.EXIT_FAILURE if failed else tasks.EXIT_OK
+        return tasks.EXIT_SOME_FAILED if failed else tasks.EXIT_OK
     inputs = {n: getattr(args, n, None) for n in names}
     missing = [f"--{n}" for n, path in inputs.items() if path is None] + ([] if destination else ["--out"])
     if missing:
-        raise InputError(f"{args.command} with model {loaded.card.name!r} needs {' and '.join(missing)} (or --cohort FILE.csv)")
-    outputs = request.output_files(loaded.card, destination)
+        raise InputError(f"{args.command} with model {card.name!r} needs {' and '.join(missing)} (or --cohort FILE.csv)")
+    outputs = request.output_files(card, destination)
+    tasks.check_files(inputs, outputs, args.overwrite, args.series)
+    loaded = tasks.load(request, card=card)
     for path in _run_case(request, loaded, inputs, outputs, args, cancel, Path(inputs[names[0]]).name):
         print(path)
     return tasks.EXIT_OK

@@ -33,26 +33,3 @@ def report(progress: Optional[ProgressCallback], fraction: float, message: str) 
     if progress is not None:
         progress(min(max(fraction, 0.0), 1.0), message)
 
-
-class TerminalProgress:
-    """A tqdm bar on stderr, driven by the engine's (fraction, message) callback; silent when disabled."""
-
-    def __init__(self, label: str, enabled: bool = True):
-        self.enabled, self.label, self.bar = enabled, label, None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if not self.enabled:
-            return
-        import sys
-
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=1000, desc=self.label, unit="‰", leave=False, file=sys.stderr,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
-        self.bar.n = round(fraction * 1000)
-        self.bar.set_postfix_str(message, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

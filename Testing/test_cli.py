@@ -208,7 +208,7 @@ def test_cohort_reports_a_bad_case_and_goes_on(tmp_path, capsys):
     write_volume(_brain(), tmp_path / "t1.nii.gz")
     (tmp_path / "cohort.csv").write_text("case_id,t1,t2\nok,t1.nii.gz,t1.nii.gz\nbad,t1.nii.gz,absent.nii.gz\n")
     code, _, err = _run(capsys, "translate", "--cohort", tmp_path / "cohort.csv", "--out-dir", tmp_path / "out", "--quiet")
-    assert code == 1 and "error: case bad:" in err and (tmp_path / "out" / "ok" / "t1c.nii.gz").exists()
+    assert code == 3 and "error: case bad:" in err and (tmp_path / "out" / "ok" / "t1c.nii.gz").exists()
     assert not (tmp_path / "out" / "bad").exists()
 
 

@@ -60,7 +60,7 @@ def test_scaled_linear_is_squared_linspace_of_roots():
     schedule = NoiseSchedule("scaled_linear", 1000, **SDSEG_BETAS)
     roots = np.linspace(math.sqrt(0.0015), math.sqrt(0.0155), 1000)
     np.testing.assert_allclose(schedule.betas.numpy(), roots ** 2, rtol=1e-14)
-    # The value quoted in METHODS.md for SDSeg's last step.
+    # SDSeg's alpha-bar at its last step t = 999, where its single step starts (docs/decisions.md, Diffusion core).
     assert float(schedule.alphas_cumprod[-1]) == pytest.approx(6.687e-4, rel=1e-3)
 
 
@@ -324,7 +324,7 @@ def test_step_errors():
 def test_backend_does_not_import_diffusers():
     package = Path(__file__).resolve().parents[1] / "MedDiffusionExtension" / "diffusion"
     for source in package.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

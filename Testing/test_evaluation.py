@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from MedDiffusionExtension.data import write_brats_case, write_btcv_dataset
 from training.cli import main as training_main
+from training.phantoms import write_brats_case, write_btcv_dataset
 
 from tiny_models import write_micro_model
 
@@ -66,7 +66,7 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     assert "Table 4 analogue" in report and "Table 5 analogue" in report
     results = json.loads((out / "results.json").read_text())
     assert [row[0] for row in results["rows"]][:2] == ["SDSeg single step", "SDSeg 10-step DDIM"]
-    assert results["ddim10_over_single_step"] > 1
+    assert results["ddim10_over_single_step"] > 0  # a timing: reported, never asserted against another timing
     card = json.loads((models / "sdseg-micro-test" / "card.json").read_text())
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1
     assert (out / "case.png").is_file()

@@ -10,18 +10,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MedDiffusionExtension.data import (BTCV_LABELS, brats_grid, generate_brain_case, sample_file_names,
-                                        simulate_brain, simulate_ct, verify_samples, write_brats_case,
-                                        write_btcv_dataset, write_ixi_case)
-from MedDiffusionExtension.data import mni_template
-from MedDiffusionExtension.data.__main__ import main
-from MedDiffusionExtension.data.ct_anatomy import draw_abdomen
-from MedDiffusionExtension.data.fields import add_rician_noise
-from MedDiffusionExtension.data.mr_signal import (FLAIR, MPRAGE, TISSUES_3T, SpinEcho, null_inversion_time,
-                                                  with_gadolinium)
-from MedDiffusionExtension.data.nifti import read_nifti, sha256_of
-from MedDiffusionExtension.data.samples import write_samples
 from MedDiffusionExtension.errors import InputError
+from training.phantoms import (BTCV_LABELS, brats_grid, generate_brain_case, mni_template, sample_file_names, simulate_brain,
+                               simulate_ct, verify_samples, write_brats_case, write_btcv_dataset, write_ixi_case)
+from training.phantoms.cli import main
+from training.phantoms.ct_anatomy import draw_abdomen
+from training.phantoms.fields import add_rician_noise
+from training.phantoms.mr_signal import FLAIR, MPRAGE, TISSUES_3T, SpinEcho, null_inversion_time, with_gadolinium
+from training.phantoms.nifti import read_nifti, sha256_of
+from training.phantoms.samples import write_samples
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 SMALL_BRAIN = (96, 96, 62)  # 2.5 mm voxels over the BraTS field of view

@@ -14,6 +14,7 @@ from MedDiffusionExtension.pipelines import segment, translate
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.weights import load_model
 from training.cli import main as training_main
+from training.recipes import build_recipe
 from training.phantoms import write_brats_case, write_btcv_dataset
 
 from tiny_models import MICRO_CDM, MICRO_SDSEG
@@ -74,3 +75,32 @@ def test_sdseg_stages_then_segment(tmp_path):
     image = read_volume(root / "img" / "img0001.nii.gz")
     result = segment(image=image, loaded=loaded, samples=2)
     assert result.labels.array.dtype == np.uint8 and result.probability is not None
+
+
+MICRO_SEGUNET = {"image_size": 32, "unet": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                            "attention_levels": [], "mid_attention": False, "num_heads": 1, "dropout": 0.0}}
+EVERY_STAGE = [
+    ("cdm", "mrm", MICRO_CDM, {}), ("cdm", "mdn", MICRO_CDM, {}), ("cdm", "mdn", MICRO_CDM, {"mdn_source_condition": True}),
+    ("cdm", "cunet", MICRO_CDM, {}), ("cdm", "unet", MICRO_CDM, {}),
+    ("sdseg", "autoencoder", MICRO_SDSEG, {}), ("sdseg", "ldm", MICRO_SDSEG, {}), ("sdseg", "segunet", MICRO_SEGUNET, {}),
+]
+
+
+@pytest.mark.parametrize("name, stage, architecture, extra", EVERY_STAGE,
+                         ids=[f"{n}-{s}{'-source' if e else ''}" for n, s, _, e in EVERY_STAGE])
+def test_every_trainable_parameter_of_every_stage_gets_a_gradient(name, stage, architecture, extra):
+    """DistributedDataParallel stops at its second iteration when a trainable parameter gets no gradient (CDM's
+    stage 1 trained the MRM projection head, which its loss never reaches)."""
+    recipe = build_recipe(name, {"stage": stage, "architecture": architecture, **extra})
+    torch.manual_seed(0)
+    model = recipe.build_model()
+    chosen = {id(p) for p in recipe.trainable_parameters(model)}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in chosen)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 4, 32, 32, generator=generator).clamp(-1, 1)
+    batch = ({"sources": images[:, :2], "targets": images[:, 2:]} if name == "cdm"
+             else {"image": images[:, :1], "mask": (images[:, 1:2] > 0).float()})
+    loss, _ = recipe.loss(model, batch, generator)
+    loss.backward()
+    assert chosen and not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

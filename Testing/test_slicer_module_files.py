@@ -1,11 +1,15 @@
 """Static checks of the Slicer module folders (the widgets cannot run here): .ui files well-formed, every widget the
-code uses present, every SlicerParameterName a parameter-node field, CMakeLists listing every .py and resource;
-and the bundled-sample-data helpers (SHA-256 check, SampleData registration)."""
+code uses present, every SlicerParameterName a parameter-node field, CMakeLists listing every .py and resource, the
+build tree holding what the package holds; and the bundled-sample-data helpers (SHA-256 check, SampleData
+registration)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ElementTree
@@ -17,6 +21,7 @@ from slicer_compat.fixtures import MODULE_FOLDERS, sample_data, slicer_env, writ
 QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QProgressBar",
               "QCheckBox", "QLineEdit", "QGroupBox", "QFrame", "QTextEdit"}
 MODULES = {folder.name: folder for folder in MODULE_FOLDERS}
+REPO = MODULE_FOLDERS[0].parents[1]
 
 
 def ui_tree(name):
@@ -92,13 +97,75 @@ def test_cmakelists_lists_every_python_file_and_resource(name):
     folder = MODULES[name]
     cmake = (folder / "CMakeLists.txt").read_text()
     resolve = lambda entries: {e.replace("${MODULE_NAME}", name) for e in entries}  # noqa: E731
-    scripts, resources = resolve(_cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")), resolve(_cmake_list(cmake, "MODULE_PYTHON_RESOURCES"))
+    scripts = resolve(_cmake_list(cmake, "MODULE_PYTHON_SCRIPTS"))
+    resources = resolve(_cmake_list(cmake, "MODULE_PYTHON_RESOURCES"))
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
     assert scripts == on_disk, f"listed but absent: {scripts - on_disk}; present but not listed: {on_disk - scripts}"
     on_disk_resources = {p.relative_to(folder).as_posix() for p in (folder / "Resources").rglob("*") if p.is_file()}
     assert resources == on_disk_resources
     assert f"set(MODULE_NAME {name})" in cmake
     assert "slicerMacroBuildScriptedModule(" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+
+
+def _cmake_calls(path, command) -> list[list[str]]:
+    """The arguments of every `command(...)` in a CMake file, comments dropped, quotes removed."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())
+    return [shlex.split(m.group(1)) for m in re.finditer(rf"\b{command}\((.*?)\)", text, re.S)]
+
+
+def _copy_rule(arguments, keyword, source_prefix, destination_prefix):
+    """(sources, destination below the qt-scripted-modules folder, patterns) of an install(DIRECTORY) / file(COPY)."""
+    start, at = arguments.index(keyword) + 1, arguments.index("DESTINATION")
+    sources = tuple(a.removeprefix(source_prefix) for a in arguments[start:at])
+    destination = arguments[at + 1]
+    assert destination.startswith(destination_prefix), destination
+    rest = arguments[at + 2:]
+    if "COMPONENT" in rest:  # packaging only
+        del rest[rest.index("COMPONENT"):rest.index("COMPONENT") + 2]
+    return sources, destination.removeprefix(destination_prefix), tuple(rest)
+
+
+def test_build_tree_gets_a_copy_of_everything_the_package_installs_beside_the_modules():
+    # slicerMacroBuildScriptedModule copies only the listed module files into the build tree; the backend and
+    # Resources must get there too, or ctest and the build-tree launcher cannot load the modules.
+    top = REPO / "CMakeLists.txt"
+    installed = sorted(_copy_rule(a, "DIRECTORY", "", "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}")
+                       for a in _cmake_calls(top, "install") if a[0] == "DIRECTORY")
+    assert [rule[0] for rule in installed] == [("MedDiffusionExtension",), ("Resources/Models", "Resources/SampleData")]
+    [target] = [a for a in _cmake_calls(top, "add_custom_target") if "-P" in a]
+    assert target[1] == "ALL", "the copy must run on every build"
+    assert "-DSOURCE_DIR=${CMAKE_CURRENT_SOURCE_DIR}" in target
+    assert "-DDESTINATION_DIR=${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in target  # the macro's folder
+    script = REPO / target[target.index("-P") + 1].replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
+    copied = sorted(_copy_rule(a, "COPY", "${SOURCE_DIR}/", "${DESTINATION_DIR}") for a in _cmake_calls(script, "file"))
+    assert copied == installed
+    for sources, _destination, _patterns in installed:
+        assert all((REPO / source).is_dir() for source in sources)
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or not (shutil.which("cc") and shutil.which("c++")),
+                    reason="needs cmake and the C/C++ compilers its project() checks for")
+def test_cmake_build_tree_and_install_tree_hold_the_same_runtime_files(tmp_path):
+    # A stand-in for Slicer's CMake package: the two folder variables, and macros that do nothing (the modules' own
+    # files are copied by Slicer's macro, not under test here).
+    slicer = tmp_path / "Slicer"
+    slicer.mkdir()
+    (slicer / "empty.cmake").write_text("")
+    (slicer / "SlicerConfig.cmake").write_text("\n".join([
+        *(f"set({v} ${{CMAKE_CURRENT_LIST_DIR}}/empty.cmake)"
+          for v in ("Slicer_USE_FILE", "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK")),
+        "set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.8/qt-scripted-modules)",
+        "set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.8/qt-scripted-modules)",
+        "macro(slicerMacroBuildScriptedModule)\nendmacro()", "macro(slicer_add_python_unittest)\nendmacro()", ""]))
+    build, install = tmp_path / "build", tmp_path / "install"
+    for command in (["-S", REPO, "-B", build, f"-DSlicer_DIR={slicer}", f"-DCMAKE_INSTALL_PREFIX={install}"],
+                    ["--build", build], ["--install", build]):
+        subprocess.run(["cmake", *map(str, command)], check=True, capture_output=True, timeout=300)
+    folder = "lib/Slicer-5.8/qt-scripted-modules"
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    built = files(build / folder)
+    assert built == files(install / folder)
+    assert "MedDiffusionExtension/runner.py" in built and not [f for f in built if "__pycache__" in f]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -176,6 +243,7 @@ def test_backend_is_found_from_the_module_folder():
     from MedDiffusionLib import backend
 
     root = backend.backendRoot()
+    assert backend.makeImportable() == ""
     assert (root / "MedDiffusionExtension" / "runner.py").is_file()
     assert backend.resourcesFolder() == root / "Resources"
     env = backend.runnerEnvironment()

@@ -1,5 +1,6 @@
 """The background runner and its client, without Slicer: the job protocol, progress lines, refusals in one line,
-SIGTERM as cancellation, killing the whole process tree, and the dependency list the Slicer modules install."""
+SIGTERM as cancellation, killing the whole process tree without blocking, the probe of packages and devices, and
+the dependency list the Slicer modules install."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from MedDiffusionExtension.volume import Volume, read_volume, write_volume
 
 from slicer_compat.fixtures import MODULE_FOLDERS, brain_case, ct_case, oblique_ijk_to_ras
 
-sys.path.append(str(MODULE_FOLDERS[0]))  # MedDiffusionLib.process and .dependencies import neither slicer nor qt
-from MedDiffusionLib import dependencies, process  # noqa: E402
+sys.path.append(str(MODULE_FOLDERS[0]))  # MedDiffusionLib.process, .probe, .dependencies import neither slicer nor qt
+from MedDiffusionLib import dependencies, probe, process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,7 @@ def test_segment_job_streams_progress_and_writes_outputs_on_the_input_grid(tmp_p
     ({"task": "denoise"}, "task is one of"),
     ({"samples": 0}, "samples must be a whole number of at least 1, got 0"),
     ({"steps": 2.5}, "steps must be a whole number"),
-    ({"model": None}, "names no model"),
+    ({"model": None}, "model must be a string"),
 ])
 def test_bad_jobs_are_refused_in_one_line_with_exit_code_2(tmp_path, models, volumes, change, fragment):
     job = dict(task="segment", model=str(models["sdseg"]), inputs={"image": str(volumes["ct"])},
@@ -130,7 +131,8 @@ HOLD_UNTIL_CANCELLED = textwrap.dedent("""
 
 
 def test_client_cancel_stops_the_runner_through_sigterm_and_nothing_is_written(tmp_path, models, volumes):
-    job = write_job(tmp_path, task="translate", model=str(models["cdm"]), inputs={"t1": str(volumes["t1"]), "t2": str(volumes["t2"])},
+    job = write_job(tmp_path, task="translate", model=str(models["cdm"]),
+                    inputs={"t1": str(volumes["t1"]), "t2": str(volumes["t2"])},
                     outputs={"t1c": "out/t1c.nrrd"}, targets=["t1c"], samples=1, device="cpu", batch_size=1)
     seen = []
     hold = tmp_path / "hold"
@@ -183,7 +185,8 @@ def test_cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored(tmp_pa
     script = textwrap.dedent(f"""
         import signal, subprocess, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a runner stuck in a long GPU call
-        child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
         open({str(pids)!r}, "w").write(f"{{child.pid}}")
         print("PROGRESS 0.000 slice 0/4", flush=True)
         time.sleep(600)
@@ -203,12 +206,60 @@ def test_cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored(tmp_pa
     assert not _alive(client.process.pid) and not _alive(child)
 
 
+# Like PythonSlicer, Slicer's CTK launcher: the real Python runs as a child sharing stdout/stderr, the launcher keeps
+# the default SIGTERM action (it dies at once) and the child, busy with its batch, goes on holding the pipes.
+LAUNCHER = textwrap.dedent("""
+    import os, subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              "print('PROGRESS 0.000 slice 0/4', flush=True); time.sleep(600)"])
+    with open(sys.argv[1] + ".tmp", "w") as handle:
+        handle.write(str(child.pid))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    sys.exit(child.wait())
+""")
+
+
+@pytest.mark.skipif(os.name == "nt" or not Path("/proc").is_dir(), reason="POSIX process groups, states from /proc")
+def test_cancel_ends_at_once_when_a_launcher_dies_on_sigterm_and_its_child_holds_the_pipes(tmp_path):
+    pids = tmp_path / "child.pid"
+    client = process.RunnerProcess([])
+    client.command = [sys.executable, "-c", LAUNCHER, str(pids)]
+    seen = []
+    client.onProgress = lambda fraction, message: seen.append(message)
+    client.start()
+    deadline = time.monotonic() + 30
+    while not (seen and pids.exists()):  # the child ignores SIGTERM from here on
+        assert not client.poll() and time.monotonic() < deadline, "the fake launcher did not start"
+        time.sleep(0.01)
+    child = int(pids.read_text())
+
+    cancelled = time.monotonic()
+    client.cancel()
+    longest = 0.0
+    while True:  # what the GUI's QTimer does, without its 100 ms pauses
+        before = time.monotonic()
+        finished = client.poll()
+        longest = max(longest, time.monotonic() - before)
+        if finished:
+            break
+        assert time.monotonic() - cancelled < 5
+        time.sleep(0.005)
+    assert time.monotonic() - cancelled < 1.0
+    assert longest < 0.05, f"one poll blocked the GUI thread for {longest:.2f} s"
+    assert client.outcome.status == process.CANCELLED
+    for _ in range(20):  # SIGKILL is delivered asynchronously
+        if not _alive(child):
+            break
+        time.sleep(0.05)
+    assert not _alive(client.process.pid) and not _alive(child)
+
+
 # -- dependencies installed inside Slicer ----------------------------------------------------------------------------
 
 def _third_party_imports(paths) -> set[str]:
     found = set()
     for path in paths:
-        for node in ast.walk(ast.parse(Path(path).read_text())):
+        for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -233,8 +284,9 @@ def test_dependency_list_covers_every_package_the_runner_imports():
 def test_missing_and_outdated_packages_are_planned_without_touching_slicers_own():
     installed = {"torch": "2.0.1+cu118", "safetensors": "0.4.2", "nibabel": None, "scipy": "1.11.0rc1",
                  "numpy": "1.26.4", "SimpleITK": "2.3.1", "requests": "2.31.0"}
-    missing = dependencies.missingRequirements(findSpec=lambda m: None if installed.get(m) is None else object(),
-                                               version=installed.get)
+    probed = probe.ProbeResult(versions={m: v for m, v in installed.items() if v},
+                               failed={"nibabel": "ModuleNotFoundError: No module named 'nibabel'"})
+    missing = dependencies.missingRequirements(probed)
     assert [r.module for r in missing] == ["torch", "nibabel"]  # torch 2.0 < 2.1; nibabel absent
     assert dependencies.installPlan(missing, pytorchUtilsAvailable=True) == [
         "torch>=2.1 (via the PyTorch extension (PyTorchUtils))", "nibabel>=5.0 (via pip)"]
@@ -250,3 +302,57 @@ def test_restart_is_needed_only_when_a_replaced_package_is_already_loaded():
     assert dependencies.needsRestart([torch]) == ("torch" in sys.modules)
     assert dependencies.needsRestart([nibabel]) == ("nibabel" in sys.modules)
     assert dependencies.missingRequirements() == []  # this environment has everything
+
+
+# -- the probe: what the runner's Python imports, asked without importing it in Slicer's process --------------------
+
+def _probe_env(*first) -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, first), str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_probe_reports_a_torch_that_fails_to_import_as_not_usable(tmp_path):
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise OSError("libtorch_cpu.so: cannot open shared object file")\n')
+    result = probe.run([r.module for r in dependencies.REQUIRED], python=sys.executable,
+                       env=_probe_env(broken.parent), timeout=120)
+    assert not result.error
+    assert "libtorch_cpu.so" in result.failed["torch"] and "torch" not in result.versions
+    assert result.devices == () and [d for d, _ in result.deviceChoices()] == ["auto", "cpu"]
+    assert [r.module for r in dependencies.missingRequirements(result)] == ["torch"]  # installed, yet not usable
+
+
+def test_probe_lists_versions_and_the_device_menu_of_the_runners_python():
+    import torch
+
+    result = dependencies.probeResult()  # the session's, as the panels get it (one torch import per session)
+    assert not result.error and not result.failed
+    assert result.versions["torch"] == torch.__version__
+    assert [d for d, _ in result.devices[:2]] == ["auto", "cpu"]
+    assert dependencies.missingRequirements(result) == []
+
+
+def test_probe_mode_of_the_runner_prints_one_json_line():
+    stream = io.StringIO()
+    assert runner.main(["--probe", "json", "no_such_module_for_the_probe"], stream=stream) == runner.EXIT_OK
+    [line] = stream.getvalue().splitlines()
+    answer = json.loads(line)
+    assert answer["versions"] == {"json": answer["versions"]["json"]}
+    assert answer["failed"]["no_such_module_for_the_probe"].startswith("ModuleNotFoundError")
+    assert [d[0] for d in answer["devices"][:2]] == ["auto", "cpu"]  # "torch" was not asked for: not imported
+
+
+def test_a_probe_that_fails_or_hangs_is_reported_not_raised(tmp_path):
+    crashed = probe.parse("", "Traceback (most recent call last):\nModuleNotFoundError: No module named 'x'", 1)
+    assert "exit code 1" in crashed.error and "No module named 'x'" in crashed.error
+    with pytest.raises(RuntimeError, match="No module named 'x'"):
+        dependencies.missingRequirements(crashed)
+    assert probe.parse("{not json", "", 0).error
+
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    (hang / "sitecustomize.py").write_text("import time\ntime.sleep(60)\n")
+    started = time.monotonic()
+    result = probe.run(["json"], python=sys.executable, env=_probe_env(hang), timeout=1)
+    assert "did not answer within 1 s" in result.error and time.monotonic() - started < 10
+

@@ -176,7 +176,7 @@ def test_cli_and_runner_give_the_same_outputs_through_the_same_contract(tmp_path
 
 
 def test_runner_refuses_outputs_that_differ_from_the_contract(tmp_path):
-    t1 = write_volume(_brain(0), tmp_path / "t1.nii.gz")
+    write_volume(_brain(0), tmp_path / "t1.nii.gz")
     request = tasks.TranslateRequest(targets=("t1c",), settings=tasks.RunSettings(samples=2))
     job = dict(request.to_job(), inputs={"t1": "t1.nii.gz", "t2": "t1.nii.gz"}, outputs={"t1c": "t1c.nii.gz"})
     (tmp_path / "job.json").write_text(json.dumps(job))
@@ -205,7 +205,7 @@ def test_every_front_end_goes_through_the_task_layer():
     front_ends = [root / "MedDiffusionExtension" / n for n in ("commands.py", "runner.py", "demo.py")] + \
         list((root / "Modules").rglob("MedDiffusion*.py")) + list((root / "training" / "evaluation").glob("*.py"))
     for path in front_ends:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         for forbidden in ("from .pipelines import", "MedDiffusionExtension.pipelines import segment",
                           "MedDiffusionExtension.pipelines import translate", "_std\" for", "card.data[\"sampling\"]",
                           "/ 1000", "card.data.get("):

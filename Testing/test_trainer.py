@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -230,3 +231,118 @@ def test_two_process_torchrun_resumes_exactly(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "straight")] == ["step_00000003.pt", "step_00000006.pt"]
     assert len(list((tmp_path / "straight" / "tensorboard").iterdir())) == 1
     assert [int(r["step"]) for r in read_rows(tmp_path / "resumed" / "train_log.csv")] == [4, 5, 6]
+
+
+class LoudToy(ToyRecipe):
+    """Loss x100: GradScaler's initial scale (65536) overflows fp16 gradients for several steps, as it is designed to
+    on a fresh run, before it settles."""
+
+    def loss(self, model, batch, generator):
+        loss, metrics = super().loss(model, batch, generator)
+        return loss * 100, metrics
+
+
+def test_fp16_survives_the_scalers_first_overflows(tmp_path):
+    settings = dict(max_steps=8, batch_size=8, lr=1e-2, log_every=4, ckpt_every=100, device="cpu", progress=False,
+                    amp="fp16", warmup_steps=4, lr_schedule="linear")
+    trainer = Trainer(LoudToy(None, name="loud"), TrainConfig(out_dir=str(tmp_path), **settings))
+    result = trainer.fit()
+    rows = read_rows(tmp_path / "train_log.csv")
+    skipped = [int(r["skipped_steps"]) for r in rows]
+    assert result.step == 8 and skipped[0] > 0 and trainer.scaler.get_scale() < 65536
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    # The schedule counts updates made: warm-up is not used up by steps the scaler skipped.
+    updates = 8 - sum(skipped)
+    assert trainer.scheduler.last_epoch == updates
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-2 * lr_factor(updates, schedule="linear", warmup_steps=4, total_steps=8, min_ratio=0.0))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    if skipped[0] == 4:
+        assert math.isnan(float(rows[0]["grad_norm"]))  # no update in the window, no gradient norm to report
+    assert math.isfinite(float(rows[-1]["grad_norm"]))
+
+
+def test_no_collective_per_step_without_a_time_budget(tmp_path, monkeypatch):
+    import training.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "any_rank", lambda ctx, flag: calls.append(flag) or flag)
+    run(tmp_path / "free", max_steps=5)
+    assert calls == []
+    run(tmp_path / "budget", max_steps=5, time_budget=3600)
+    assert len(calls) == 5
+
+
+class _OnDevice(torch.Tensor):
+    """A CPU tensor standing for one on a device without float64 (Apple MPS)."""
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+class _NoFloat64OnDevice(torch.overrides.TorchFunctionMode):
+    """Fails any operation that makes a float64 tensor out of a device tensor; `.cpu()` leaves the device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.cpu:
+            return out.as_subclass(torch.Tensor) if isinstance(out, _OnDevice) else out
+        if any(isinstance(t, _OnDevice) for t in _tensors((args, kwargs))):
+            if any(t.dtype == torch.float64 for t in _tensors(out)):
+                raise TypeError(f"{getattr(func, '__name__', func)} made a float64 tensor on the device")
+        return out
+
+
+def test_nothing_float64_is_made_on_the_device(tmp_path, monkeypatch):
+    """Training on MPS failed at the first log step: the log window and validation went through float64 there."""
+    import training.trainer as trainer_module
+
+    def on_device(batch, device):
+        return {k: v.as_subclass(_OnDevice) for k, v in batch.items()}
+
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(trainer_module, "to_device", on_device)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clip(*a, **k).as_subclass(_OnDevice))
+    with _NoFloat64OnDevice():
+        trainer, result = run(tmp_path, max_steps=3, log_every=1, val_every=2)
+    rows = read_rows(tmp_path / "train_log.csv")
+    assert result.step == 3 and len(rows) == 3 and all(math.isfinite(float(r["grad_norm"])) for r in rows)
+    assert len(read_rows(tmp_path / "val_log.csv")) == 1
+
+
+class _Unused(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.extra = net, nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ToyWithUnusedLayer(ToyRecipe):
+    def build_model(self):
+        return _Unused(super().build_model())
+
+
+def test_trainable_parameters_without_gradient_are_named_at_the_first_step(tmp_path):
+    """Under DistributedDataParallel such parameters stop the run at the second iteration; say which at the first."""
+    trainer = Trainer(ToyWithUnusedLayer(None, name="unused"),
+                      TrainConfig(out_dir=str(tmp_path), max_steps=2, device="cpu", progress=False))
+    with pytest.raises(RuntimeError, match=r"extra\.weight, extra\.bias got no gradient"):
+        trainer.fit()
+    ToyWithUnusedLayer.find_unused_parameters = True
+    try:
+        ok = Trainer(ToyWithUnusedLayer(None, name="unused"),
+                     TrainConfig(out_dir=str(tmp_path / "ok"), max_steps=2, device="cpu", progress=False))
+        assert ok.fit().step == 2
+    finally:
+        ToyWithUnusedLayer.find_unused_parameters = False

@@ -4,10 +4,12 @@ prepared exactly as inference prepares its slices."""
 from __future__ import annotations
 
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from MedDiffusionExtension.data import write_brats_case, write_btcv_dataset, write_ixi_case
 from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
@@ -16,6 +18,9 @@ from training.data import (Case, SegmentationSlices, TranslationSlices, btcv_spl
                            read_upenn_gbm, split_by_volume)
 from training.data import slices as slices_module
 from training.data.splits import BTCV_TEST_IDS
+from training.phantoms import write_brats_case, write_btcv_dataset, write_ixi_case
+
+from tiny_models import MICRO_CDM
 
 SMALL_BRAIN = (48, 48, 31)
 SMALL_CT = (64, 64, 12)
@@ -124,3 +129,50 @@ def test_segmentation_slices_merge_organs_and_keep_labels_exact(btcv_root, tmp_p
     liver = SegmentationSlices(cases, image_size=32, cache_dir=tmp_path, labels=[6])
     liver_masks = torch.stack([liver[i]["mask"] for i in range(len(liver))])
     assert 0 < liver_masks.sum() < masks.sum()
+
+
+def test_a_share_prepares_only_its_cases_and_the_rest_fill_in(brats_root, tmp_path, monkeypatch):
+    cases = read_brats(brats_root)
+    decoded = []
+    read = slices_module.read_volume
+    monkeypatch.setattr(slices_module, "read_volume", lambda path: decoded.append(path) or read(path))
+    with slices_module.preparing_share(1, 2) as share:
+        empty = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+    assert len(empty) == 0 and share.prepared == [cases[1].case_id] and share.cached == []
+    assert len(decoded) == 4 and len(list(tmp_path.glob("*.npy"))) == 1
+    full = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)  # prepares the two other cases only
+    assert len(decoded) == 12 and len(list(tmp_path.glob("*.npy"))) == 3 and len(full) > 0
+    with slices_module.preparing_share(0, 2) as share:
+        TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+    assert share.prepared == [] and share.cached == [cases[0].case_id, cases[2].case_id]
+
+
+def test_a_failed_cache_write_leaves_no_file_behind(brats_root, tmp_path, monkeypatch):
+    def disk_full(file, array, *args, **kwargs):
+        Path(file).write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(slices_module.np, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        TranslationSlices(read_brats(brats_root)[:1], image_size=32, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_command_splits_by_rank_or_by_node(brats_root, tmp_path, monkeypatch, capsys):
+    """`--split local` divides the cases among one node's processes (a node-local cache on each node)."""
+    from training.cli import main as training_main
+
+    flags = ["prepare", "--recipe", "cdm", "--set", f"data_root={brats_root}", "--set", f"architecture={json.dumps(MICRO_CDM)}"]
+    # Node 1 of two nodes with two processes each: global ranks 2 and 3, local ranks 0 and 1.
+    for local_rank in (0, 1):
+        monkeypatch.setenv("RANK", str(2 + local_rank))
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert training_main([*flags, "--set", f"cache_dir={tmp_path / 'local'}", "--split", "local"]) == 0
+        assert training_main([*flags, "--set", f"cache_dir={tmp_path / 'global'}"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # CDM trains on 2 of the 3 volumes: one for each local rank; global ranks 2 and 3 of 4 get none.
+    assert printed == ["rank 0/2: prepared 1 case(s), 0 already cached", "rank 2/4: prepared 0 case(s), 0 already cached",
+                       "rank 1/2: prepared 1 case(s), 0 already cached", "rank 3/4: prepared 0 case(s), 0 already cached"]
+    assert len(list((tmp_path / "local").glob("*.npy"))) == 2 and not list((tmp_path / "global").glob("*.npy"))

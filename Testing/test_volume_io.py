@@ -120,7 +120,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "2d", "4d", "too_few_slices", "extension", "empty_dicom_dir"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "2d", "4d", "too_few_slices", "extension",
+                                  "empty_dicom_dir"])
 def test_bad_files_raise_one_line_input_errors(tmp_path, case):
     path, message = _bad_files(tmp_path)[case]
     with pytest.raises(InputError, match=message) as info:

@@ -1,4 +1,4 @@
-"""`python -m training <command>`: train, export, and the commands other modules register in COMMANDS.
+"""`python -m training <command>`: prepare, train, export, and the commands other modules register in COMMANDS.
 
 To add a command (e.g. evaluate), write a `Command` in its own module and add one line to COMMANDS; modules are
 imported only to build the parser, so keep heavy imports inside `run`.
@@ -30,21 +30,56 @@ class Command:
 
 # name -> "module:attr" of a Command.
 COMMANDS: dict[str, str] = {
+    "prepare": "training.cli:PREPARE",
     "train": "training.cli:TRAIN",
     "export": "training.cli:EXPORT",
     "evaluate": "training.evaluation:COMMAND",
+    "phantoms": "training.phantoms.cli:COMMAND",
+    "bench": "training.bench:COMMAND",
 }
 
 _ARG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import TrainConfig
-
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="registered recipe name or package.module:Class")
     parser.add_argument("--set", dest="recipe_set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe option (repeatable); values parse as JSON when they can")
     parser.add_argument("--config", dest="recipe_config", metavar="JSON", help="recipe options from a JSON file (--set wins)")
+
+
+def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_recipe_arguments(parser)
+    parser.add_argument(
+        "--split", choices=["global", "local"], default="global",
+        help="under torchrun, which ranks divide the cases: all of them (global: one cache on shared storage) or "
+             "those of each node (local: a node-local cache on every node) (default: global)")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from .data.slices import preparing_share
+    from .recipes import build_recipe, parse_overrides
+
+    def env(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        return default if value in (None, "") else int(value)
+
+    rank, world = (env("RANK", 0), env("WORLD_SIZE", 1)) if args.split == "global" else \
+        (env("LOCAL_RANK", 0), env("LOCAL_WORLD_SIZE", 1))
+    recipe = build_recipe(args.recipe, parse_overrides(args.recipe_set, args.recipe_config))
+    # No process group: ranks never wait for each other, so no collective timeout applies however long this takes.
+    with preparing_share(rank, world) as share:
+        recipe.train_dataset()
+        recipe.val_dataset()
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(f"{who}prepared {len(share.prepared)} case(s), {len(share.cached)} already cached")
+    return 0
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .trainer import TrainConfig
+
+    _add_recipe_arguments(parser)
     for spec in dataclasses.fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         default = "" if spec.default is dataclasses.MISSING else f" (default: {spec.default})"
@@ -97,6 +132,8 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+PREPARE = Command("build a recipe's slice cache ahead of training (its share of the cases per rank under torchrun)",
+                  _add_prepare_arguments, _run_prepare)
 TRAIN = Command("train a model with a recipe (single process, or under torchrun)", _add_train_arguments, _run_train)
 EXPORT = Command("write a checkpoint as a model folder the extension loads", _add_export_arguments, _run_export)
 
@@ -107,7 +144,8 @@ def _resolve(target: str) -> Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train, export and evaluate MedDiffusion models.")
+    parser = argparse.ArgumentParser(prog="python -m training",
+                                     description="Train, export, evaluate and benchmark MedDiffusion models; write phantom data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, target in COMMANDS.items():

@@ -6,15 +6,21 @@ WORLD_SIZE and LOCAL_RANK set, world size > 1) every helper here becomes a real 
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from MedDiffusionExtension.device import resolve_device
+from MedDiffusionExtension import device as devices
 from MedDiffusionExtension.errors import InputError
+
+# Longer than any wait the trainer itself causes (ranks prepare slice caches in parallel and meet within about one
+# case's preparation; rank 0 writes a checkpoint while the others wait), short enough that a hung rank is noticed.
+DEFAULT_TIMEOUT_MINUTES = 30.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # True when init_distributed created the process group (and so shutdown ends it)
 
     @property
     def is_main(self) -> bool:
@@ -38,29 +45,37 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def init_distributed(device_name: str = "auto") -> DistContext:
-    """Read the torchrun environment, pick this process's device and join the process group when there are peers."""
+# torch 2.3 added device_id; the project allows torch from 2.1 on.
+_ACCEPTS_DEVICE_ID = "device_id" in inspect.signature(dist.init_process_group).parameters
+
+
+def init_distributed(device_name: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistContext:
+    """Read the torchrun environment, pick this process's device and join the process group when there are peers.
+
+    A process group that already exists (made by a caller that runs several trainers in one launch) is used as is.
+    """
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
-    device = resolve_device(device_name)
-    if device.type == "cuda" and world_size > 1:
-        if device.index is not None and device.index != local_rank:
-            raise InputError(f"under torchrun each process uses cuda:LOCAL_RANK; drop --device {device_name} or use cuda")
-        if local_rank >= torch.cuda.device_count():
-            raise InputError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s); lower --nproc_per_node")
-        device = torch.device("cuda", local_rank)
+    device = devices.resolve_device(device_name, local_rank=local_rank if world_size > 1 else None)
     if device.type == "cuda":
+        if world_size > 1 and device.index != local_rank:
+            raise InputError(f"under torchrun each process uses cuda:LOCAL_RANK; drop --device {device_name} or use cuda")
         # An explicit index: DDP's device_ids, set_device and the RNG state all need one.
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-        torch.cuda.set_device(device)
+        device = torch.device("cuda", devices.cuda_index(device))
+        devices.CUDA.set_device(device.index)
+    owns_group = False
     if world_size > 1 and not dist.is_initialized():
         if device.type == "mps":
             raise InputError("multi-process training needs CUDA or CPU processes; use --device cuda or cpu")
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world_size, local_rank, device)
+        options: dict[str, Any] = {"timeout": timedelta(minutes=timeout_minutes)}
+        if device.type == "cuda" and _ACCEPTS_DEVICE_ID:
+            options["device_id"] = device  # binds the NCCL communicator to this rank's GPU at once
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **options)
+        owns_group = True
+    return DistContext(rank, world_size, local_rank, device, owns_group)
 
 
 def shutdown(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
+    if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -88,11 +103,13 @@ def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
 
 
 def mean_over_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """`values` (float64, on the host) averaged over the ranks, returned on the host."""
     if not ctx.distributed:
         return values
-    values = values.to(ctx.device, torch.float64 if ctx.device.type != "mps" else torch.float32).clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / ctx.world_size
+    # MPS has no float64 (and no multi-process training); CUDA and CPU reduce in float64.
+    on_device = values.to(torch.float32).to(ctx.device) if ctx.device.type == "mps" else values.to(ctx.device).clone()
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    return on_device.cpu().to(torch.float64) / ctx.world_size
 
 
 def any_rank(ctx: DistContext, flag: bool) -> bool:

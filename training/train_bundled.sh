@@ -15,8 +15,8 @@ run_stage() { [[ -z $from || $from == "$1" ]] && { from=; return 0; }; return 1;
 export_model() { "$PY" -m training export --checkpoint "$1" --out "$2" "${@:3}"; }
 
 if [[ $what == data || $what == all ]]; then
-  "$PY" -m MedDiffusionExtension.data brats --out data/brats_phantoms --n 16 --seed 0
-  "$PY" -m MedDiffusionExtension.data btcv --out data/btcv_phantoms --n 16 --seed 0
+  "$PY" -m training phantoms brats --out data/brats_phantoms --n 16 --seed 0
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms --n 16 --seed 0
 fi
 
 if [[ $what == cdm || $what == all ]]; then

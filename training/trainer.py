@@ -27,14 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from MedDiffusionExtension import device as devices
 from MedDiffusionExtension.errors import InputError
 
 from .checkpoint import (
-    capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
-    save_checkpoint,
+    capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_checkpoint,
+    restore_rng_state, save_checkpoint,
 )
+from .data.slices import preparing_share
 from .distributed import (
-    DistContext, any_rank, barrier, broadcast_from_main, gather_objects, init_distributed, mean_over_ranks, shutdown,
+    DEFAULT_TIMEOUT_MINUTES, DistContext, any_rank, barrier, broadcast_from_main, gather_objects, init_distributed,
+    mean_over_ranks, shutdown,
 )
 from .ema import build_ema
 from .logs import RunLogger
@@ -65,7 +68,10 @@ class TrainConfig:
     )
     grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0: off)"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay per update (0: no EMA)"})
-    amp: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16"})
+    amp: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 on GPUs of compute capability 8.0+, fp16 on older ones, off elsewhere) | off | bf16 | fp16"},
+    )
     seed: int = 0
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank"})
     log_every: int = field(default=10, metadata={"help": "steps between log rows"})
@@ -75,6 +81,9 @@ class TrainConfig:
     val_batches: int = field(default=8, metadata={"help": "batches per validation"})
     resume: str | None = field(default=None, metadata={"help": "checkpoint path, or 'auto' for the latest in out_dir"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
+    dist_timeout: float = field(
+        default=DEFAULT_TIMEOUT_MINUTES, metadata={"help": "minutes a rank may wait for the others under torchrun"}
+    )
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
 
     def validate(self) -> None:
@@ -90,6 +99,7 @@ class TrainConfig:
             (self.log_every >= 1 and self.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
             (self.warmup_steps >= 0 and self.num_workers >= 0, "--warmup-steps and --num-workers must be >= 0"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0 seconds"),
+            (self.dist_timeout > 0, "--dist-timeout must be > 0 minutes"),
         ]
         for ok, message in checks:
             if not ok:
@@ -149,10 +159,22 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, None for full precision."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    """The autocast dtype, None for full precision (the same choice as inference's precision, `off` being fp32)."""
+    return devices.autocast_dtype(device, "fp32" if amp == "off" else amp)
+
+
+def _window_mean(values: list) -> torch.Tensor:
+    """Mean of one log window's values as a float64 host scalar (NaN when empty).
+
+    Device tensors are summed in float32 where they live and cross to the host once: MPS has no float64.
+    """
+    if not values:
+        return torch.tensor(math.nan, dtype=torch.float64)
+    tensors = [v.detach().reshape(()).float() for v in values if isinstance(v, torch.Tensor)]
+    total = torch.tensor(math.fsum(float(v) for v in values if not isinstance(v, torch.Tensor)), dtype=torch.float64)
+    for device in {t.device for t in tensors}:
+        total += torch.stack([t for t in tensors if t.device == device]).sum().cpu().to(torch.float64)
+    return total / len(values)
 
 
 def _stream_seed(*parts: int) -> int:
@@ -188,13 +210,26 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------------------
 
     def _resume_state(self) -> dict[str, Any] | None:
-        resume = self.config.resume
+        resume, ctx = self.config.resume, self.ctx
         if not resume:
             return None
-        path = latest_checkpoint(self.out_dir) if resume == "auto" else Path(resume)
-        if path is None:
+        # Rank 0 decides for everyone: only rank 0 writes checkpoints, so with node-local out dirs the other
+        # nodes' folders hold none (or stale ones), and ranks resolving `auto` each for itself would start at
+        # different steps and hang in the first collective.
+        choice = None
+        if ctx.is_main:
+            path = latest_checkpoint(self.out_dir) if resume == "auto" else resolve_checkpoint(resume)
+            choice = None if path is None else (str(path), path.stat().st_size)
+        choice = broadcast_from_main(ctx, choice)
+        if choice is None:
             return None  # 'auto' on a fresh out dir starts from scratch
-        state = load_checkpoint(path)
+        path, size = Path(choice[0]), choice[1]
+        readable = path.is_file() and path.stat().st_size == size
+        state = load_checkpoint(path) if ctx.is_main or readable else None
+        if ctx.distributed and not all(gather_objects(ctx, readable)):
+            # Some rank cannot read rank 0's file (node-local storage): rank 0 sends the checkpoint itself.
+            sent = broadcast_from_main(ctx, state if ctx.is_main else None)
+            state = state if readable else sent
         self.resumed_from = path
         if state["recipe"]["name"] != self.recipe.name:
             raise InputError(f"{path} was trained with recipe {state['recipe']['name']!r}; pass --recipe {state['recipe']['name']}")
@@ -208,13 +243,16 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, ctx = self.config, self.ctx
-        # Rank 0 first: datasets may build an on-disk cache, which must be written once and then only read.
-        if not ctx.is_main:
-            barrier(ctx)
+        if ctx.distributed:
+            # Every rank prepares its share of the slice cache first; building the datasets then finds nearly
+            # everything cached (a rank that is done early takes over what is left). No rank waits in a collective
+            # while the cache is built, so the process group's timeout need not cover preparing a whole dataset.
+            with preparing_share(ctx.rank, ctx.world_size):
+                self.recipe.train_dataset()
+                if cfg.val_every:
+                    self.recipe.val_dataset()
         dataset = self.recipe.train_dataset()
         val = self.recipe.val_dataset() if cfg.val_every else None
-        if ctx.is_main:
-            barrier(ctx)
         self.data_description = self.recipe.describe_data(dataset)
         self.sampler = _ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         # The loader's own generator (reseeded per epoch) keeps iterator creation off the global RNG.
@@ -252,6 +290,7 @@ class Trainer:
             parameter.requires_grad_(id(parameter) in chosen)
         model.train()
         self.model, self.trainable = model, trainable
+        self._gradients_checked = False
         self._build_data()
 
         if state is None:
@@ -274,6 +313,8 @@ class Trainer:
             total_steps=cfg.schedule_steps or cfg.max_steps, base_lr=cfg.lr, min_lr=cfg.min_lr,
         )
         self.amp_dtype = resolve_amp(cfg.amp, ctx.device)
+        if self.amp_dtype is not None and ctx.device.type == "mps":
+            raise InputError("mixed precision training is not supported on Apple MPS; use --amp off")
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = build_ema(model, cfg.ema_decay)
         # On the CPU whatever the device: recipes draw noise there and move it (the same stream on CPU and GPU).
@@ -335,21 +376,43 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    def _check_gradients(self) -> None:
+        """Trainable parameters the loss never uses would stop DistributedDataParallel at its second iteration
+        ("Expected to have finished reduction..."): name them at the first step, with or without torchrun."""
+        if self.recipe.find_unused_parameters:
+            return
+        unused = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+            raise RuntimeError(
+                f"recipe {self.recipe.name}: trainable parameter(s) {shown} got no gradient; leave them out of "
+                "trainable_parameters(), or set find_unused_parameters = True if they sit out only some steps"
+            )
+
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor, bool]:
+        """One update; returns the loss, the recipe's metrics, the gradient norm and whether the update was skipped
+        (fp16: GradScaler skips steps whose scaled gradients overflowed, expected now and then and at the start)."""
         self.optimizer.zero_grad(set_to_none=True)
         batch = to_device(batch, self.ctx.device)
         with self._autocast():
             loss, metrics = self.train_module(batch, self.generator)
         self._lr_used = self.optimizer.param_groups[0]["lr"]
         self.scaler.scale(loss).backward()
+        if not self._gradients_checked:
+            self._check_gradients()
+            self._gradients_checked = True
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip or math.inf)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return loss.detach().float(), metrics, grad_norm.detach().float()
+        # The scaler lowers its scale exactly when it skipped the step (GradScaler.step already synchronized).
+        skipped = scale is not None and self.scaler.get_scale() < scale
+        if not skipped:
+            self.scheduler.step()  # the schedule counts updates made, not attempted
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        return loss.detach().float(), metrics, grad_norm.detach().float(), skipped
 
     def _elapsed(self) -> float:
         return self.clock() - self._start
@@ -357,11 +420,14 @@ class Trainer:
     def _log_window(self, window: dict[str, list]) -> None:
         if not window["loss"]:
             return
-        names = sorted(window)
-        means = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in window[n]]).mean() for n in names])
-        means = mean_over_ranks(self.ctx, means).cpu().tolist()
+        names = sorted(n for n in window if n != "skipped")
+        means = mean_over_ranks(self.ctx, torch.stack([_window_mean(window[n]) for n in names])).tolist()
         values = dict(zip(names, means))
-        if not all(math.isfinite(v) for v in values.values()):
+        skipped = sum(window["skipped"])
+        # With fp16, skipped steps' gradients overflowed by design and count in no mean: grad_norm is that of the
+        # updates made (NaN if the scaler skipped the whole window); every other value must be finite.
+        checked = {k: v for k, v in values.items() if not (k == "grad_norm" and self.scaler.is_enabled())}
+        if not all(math.isfinite(v) for v in checked.values()):
             raise FloatingPointError(f"loss is not finite at step {self.step} ({values}); lower --lr or use --amp off")
         row = {
             "loss": values.pop("loss"),
@@ -369,6 +435,7 @@ class Trainer:
             "items": self.step * self.config.batch_size * self.ctx.world_size,
             "seconds": round(self._wall_before + self._elapsed(), 3),
             "grad_norm": values.pop("grad_norm"),
+            **({"skipped_steps": skipped} if self.scaler.is_enabled() else {}),
             **values,
         }
         self.logger.log("train", self.step, row)
@@ -392,7 +459,7 @@ class Trainer:
             for batch in itertools.islice(self.val_loader, self.config.val_batches):
                 with self._autocast():
                     loss, _ = self.recipe.loss(model, to_device(batch, self.ctx.device), generator)
-                total += loss.detach().double().cpu()
+                total += loss.detach().float().cpu().to(torch.float64)  # float64 on the host only (MPS has none)
                 count += 1
         model.train(was_training)
         mean = mean_over_ranks(self.ctx, torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]))
@@ -424,7 +491,7 @@ class Trainer:
                 "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.config).items()},
                 "command": self.command,
                 "world_size": ctx.world_size,
-                "device": str(ctx.device) if ctx.device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(ctx.device)})",
+                "device": str(ctx.device) if ctx.device.type != "cuda" else f"cuda ({devices.CUDA.name(ctx.device.index)})",
                 "data": self.data_description,
                 "wall_seconds": self._wall_before + self._elapsed(),
             }
@@ -437,12 +504,14 @@ class Trainer:
     def _stop_reason(self) -> str | None:
         if self.step >= self.config.max_steps:
             return "max_steps"
-        over_budget = self.config.time_budget is not None and self._elapsed() > self.config.time_budget
+        if self.config.time_budget is None:
+            return None  # no collective and no host sync per step unless there is a budget to agree on
+        over_budget = self._elapsed() > self.config.time_budget
         return "time_budget" if any_rank(self.ctx, over_budget) else None
 
     def fit(self) -> TrainResult:
         self._start = self.clock()
-        self.ctx: DistContext = init_distributed(self.config.device)
+        self.ctx: DistContext = init_distributed(self.config.device, self.config.dist_timeout)
         self.progress = None
         try:
             self._setup()
@@ -450,13 +519,15 @@ class Trainer:
             self.logger = RunLogger(self.out_dir, enabled=self.ctx.is_main, resume_step=self.step)
             if self.ctx.is_main and cfg.progress:
                 self.progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.recipe.name}", dynamic_ncols=True)
-            window: dict[str, list] = {"loss": [], "grad_norm": []}
+            window: dict[str, list] = {"loss": [], "grad_norm": [], "skipped": []}
             checkpoint = None
             while (stopped_by := self._stop_reason()) is None:
-                loss, metrics, grad_norm = self._train_step(self._next_batch())
+                loss, metrics, grad_norm, skipped = self._train_step(self._next_batch())
                 self.step += 1
                 window["loss"].append(loss)
-                window["grad_norm"].append(grad_norm)
+                window["skipped"].append(skipped)
+                if not skipped:
+                    window["grad_norm"].append(grad_norm)
                 for name, value in metrics.items():
                     window.setdefault(name, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
                 if self.progress is not None:

@@ -128,8 +128,9 @@ class UNet(nn.Module):
         self.time_channels = channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) \
             if time_embedding else None
-        stage = lambda cin, cout, level: Stage(cin, cout, num_res_blocks, emb_dim, level in attention_levels,
-                                               num_heads, dropout)
+
+        def stage(cin, cout, level):
+            return Stage(cin, cout, num_res_blocks, emb_dim, level in attention_levels, num_heads, dropout)
 
         self.input = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.encoder, self.downsamples = nn.ModuleList(), nn.ModuleList()

@@ -61,13 +61,14 @@ def _sdseg_slice_model(network, card, *, steps, samples: int, **_):
         condition = network.encode_image(batch.images)
         probability = torch.zeros((batch.images.shape[0], 1, *batch.images.shape[2:]), device=batch.images.device)
         for sample in range(samples):
+            batch.check_cancelled()
             z_t = batch.randn(*condition.shape[1:], stream=sample)
             denoise = lambda z, t: network.predict_noise(z, t, condition)  # noqa: E731
             if single_step:
                 t = torch.full((z_t.shape[0],), last_t, dtype=torch.long, device=z_t.device)
                 latent = sampler.single_step_x0(denoise(z_t, t), last_t, z_t, prediction_type)
             else:
-                latent = sampler.sample(denoise, z_t, prediction_type)
+                latent = sampler.sample(denoise, z_t, prediction_type, on_step=batch.check_cancelled)
             probability += network.decode_mask(latent).float()
         return probability / samples
 

@@ -35,7 +35,8 @@ def translate(
         validate_volume(volume, name.upper())
     network = build_network(loaded, resolve_device(options.device))
     channels = [card.output_names.index(t) for t in targets]
-    engine_inputs = [EngineInput(v, n.upper(), scaling_from_card(card.normalization, v.array)) for v, n in zip(inputs, card.input_names)]
+    engine_inputs = [EngineInput(v, n.upper(), scaling_from_card(card.normalization, v.array))
+                     for v, n in zip(inputs, card.input_names)]
     model = build_slice_model(network, card, steps=steps, samples=samples, channels=channels,
                               per_volume_representation=per_volume_representation)
     out_channels = len(targets) * (2 if samples > 1 else 1)
@@ -66,8 +67,9 @@ def _cdm_slice_model(network, card, *, steps, samples: int, channels: list[int],
         source = network.mrm.represent(batch.images) if network.mdn.source_mlp is not None else None
         denoise = lambda r, t: network.mdn(r, t, source)  # noqa: E731
         for sample in range(samples):
+            batch.check_cancelled()
             noise = batch.randn(representation_dim, stream=sample, same_for_all_slices=per_volume_representation)
-            representation = sampler.sample(denoise, noise, prediction_type)
+            representation = sampler.sample(denoise, noise, prediction_type, on_step=batch.check_cancelled)
             syntheses.append(network.cunet(batch.images, representation)[:, channels].float())
         stacked = torch.stack(syntheses)
         mean = stacked.mean(0)

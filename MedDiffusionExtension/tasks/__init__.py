@@ -5,8 +5,8 @@ against a model card, its output names and files, and the shape of its result. T
 from ..errors import InputError
 from .methods import LABELS, METHODS, Method, label, labels, method_for
 from .request import (
-    EXIT_CANCELLED, EXIT_FAILURE, EXIT_INPUT, EXIT_OK, PRECISIONS, Request, RunSettings, check_not_overwriting,
-    choose_model, execute, load, models_for, offered_methods, warnings_to,
+    EXIT_CANCELLED, EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, PRECISIONS, Request, RunSettings,
+    check_files, check_not_overwriting, choose_model, execute, load, models_for, offered_methods, warnings_to,
 )
 from .segment import SegmentRequest, probability_path
 from .translate import TranslateRequest, is_spread, parse_targets, target_of
@@ -22,8 +22,9 @@ def request_from_job(job) -> Request:
 
 
 __all__ = [
-    "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "LABELS", "METHODS", "Method", "PRECISIONS", "REQUESTS",
-    "Request", "RunSettings", "SegmentRequest", "TranslateRequest", "check_not_overwriting", "choose_model", "execute",
+    "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
+    "REQUESTS", "Request", "RunSettings", "SegmentRequest", "TranslateRequest", "check_not_overwriting", "check_files",
+    "choose_model", "execute",
     "is_spread", "label", "labels", "load", "method_for", "models_for", "offered_methods", "parse_targets",
     "probability_path", "request_from_job", "target_of", "warnings_to",
 ]

@@ -16,8 +16,8 @@ from ..errors import InputError
 from ..weights import ModelCard, ModelRegistry
 from .methods import METHODS, Method, method_for
 
-# Exit codes of the CLI and the runner (cohorts with some failed cases: see cohort.py).
-EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+# Exit codes of the CLI and the runner; a cohort with some failed cases ends with EXIT_SOME_FAILED.
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_SOME_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 130
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -114,7 +114,8 @@ class Request:
             raise InputError(f"model card of {card.name!r} lacks sampling, which a {method.label} model needs; re-export it")
         steps = self.settings.steps
         if steps is not None and card.sampling is not None and steps > card.sampling.schedule.num_steps:
-            raise InputError(f"--steps {steps} exceeds the {card.sampling.schedule.num_steps} timesteps model {card.name!r} was trained with")
+            raise InputError(f"--steps {steps} exceeds the {card.sampling.schedule.num_steps} timesteps "
+                             f"model {card.name!r} was trained with")
 
     def input_names(self, card: ModelCard) -> tuple[str, ...]:
         return METHODS[card.method].inputs
@@ -180,13 +181,29 @@ def check_not_overwriting(inputs: Mapping[str, Path], outputs: Mapping[str, Path
             raise InputError(f"output {out} is one of the inputs; choose another output path (inputs are never overwritten)")
 
 
-def execute(request: Request, loaded, inputs: Mapping[str, Path], outputs: Mapping[str, Path], options) -> list[Path]:
+def check_files(inputs: Mapping[str, Path], outputs: Mapping[str, Path], overwrite: bool = True,
+                series: Optional[str] = None) -> None:
+    """Everything about the files that can be refused before a model is loaded or a voxel read: input headers (and
+    DICOM series completeness), outputs that are inputs, output locations and kinds, existing outputs."""
+    from ..volume.io import check_input_header, check_outputs_writable
+
+    check_not_overwriting(inputs, outputs)
+    for path in inputs.values():
+        check_input_header(path, series)
+    check_outputs_writable(list(outputs.values()), overwrite)
+
+
+def execute(request: Request, loaded, inputs: Mapping[str, Path], outputs: Mapping[str, Path], options,
+            overwrite: bool = True, series: Optional[str] = None) -> list[Path]:
     """Read the inputs, run, and write every output all-or-nothing; returns the written paths.
 
     `outputs` must name exactly the request's outputs for this model: a front end never gets fewer files than it
-    expects, nor files it did not ask for.
+    expects, nor files it did not ask for. The output folders are locked for the whole run, so two runs into one
+    folder cannot interleave; without `overwrite` an existing output is refused. `series` picks the DICOM series
+    of an input folder that holds several.
     """
     from ..volume import read_volume, write_volumes
+    from ..volume.io import check_outputs_writable, output_lock
 
     card = loaded.card
     needed, expected = request.input_names(card), request.output_names(card)
@@ -195,19 +212,24 @@ def execute(request: Request, loaded, inputs: Mapping[str, Path], outputs: Mappi
         raise InputError(f"{METHODS[card.method].label} needs the input(s) {', '.join(missing)}")
     if set(outputs) != set(expected):
         raise InputError(f"the outputs must be exactly {', '.join(expected)}, got {', '.join(sorted(outputs))}")
-    check_not_overwriting({n: inputs[n] for n in needed}, outputs)
-    volumes = {name: read_volume(inputs[name]) for name in needed}
-    results = request.run(volumes, loaded, options)
-    if options.progress is not None:
-        options.progress(1.0, "writing outputs")
-    return write_volumes({outputs[name]: (results[name], request.output_dtype(name)) for name in expected})
+    check_files({n: inputs[n] for n in needed}, outputs, overwrite, series)
+    with output_lock(outputs.values()):
+        # Checked again under the lock: a run that held it may have just written these files.
+        check_outputs_writable(list(outputs.values()), overwrite)
+        volumes = {name: read_volume(inputs[name], series) for name in needed}
+        results = request.run(volumes, loaded, options)
+        if options.cancel is not None:
+            options.cancel.raise_if_cancelled()
+        if options.progress is not None:
+            options.progress(1.0, "writing outputs")
+        return write_volumes({outputs[name]: (results[name], request.output_dtype(name)) for name in expected}, overwrite)
 
 
-def load(request: Request, registry: Optional[ModelRegistry] = None):
-    """The request's model, checked against it, with verified weights."""
+def load(request: Request, registry: Optional[ModelRegistry] = None, card: Optional[ModelCard] = None):
+    """The request's model (`card` when the caller has chosen it already), checked against it, with verified weights."""
     from ..weights import load_model
 
-    card = request.card(registry)
+    card = request.card(registry) if card is None else card
     return load_model(card.directory, task=request.TASK)
 
 

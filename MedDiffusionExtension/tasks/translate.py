@@ -40,7 +40,8 @@ class TranslateRequest(Request):
         super().check(card)
         unknown = [t for t in self.targets if t not in card.output_names]
         if unknown:
-            raise InputError(f"model {card.name!r} cannot synthesize {', '.join(unknown)}; it makes {', '.join(card.output_names)}")
+            raise InputError(f"model {card.name!r} cannot synthesize {', '.join(unknown)}; "
+                             f"it makes {', '.join(card.output_names)}")
 
     def chosen_targets(self, card: ModelCard) -> list[str]:
         return list(self.targets or card.output_names)
@@ -71,7 +72,8 @@ class TranslateRequest(Request):
         targets = values.get("targets") or ()
         if not isinstance(targets, (list, tuple)):
             raise InputError(f"the job's targets must be a list of output names, got {targets!r}")
-        return dict(values, targets=tuple(targets), per_volume_representation=bool(values.get("per_volume_representation", False)))
+        per_volume = bool(values.get("per_volume_representation", False))
+        return dict(values, targets=tuple(targets), per_volume_representation=per_volume)
 
 
 def is_spread(name: str) -> bool:

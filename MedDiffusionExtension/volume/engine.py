@@ -7,13 +7,14 @@ Only the inputs, one output array per channel and one batch are ever in memory, 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..device import autocast, is_out_of_memory, release_cached_memory, resolve_device
+from ..device import PRECISIONS, autocast_dtype, is_out_of_memory, release_cached_memory, resolve_device
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, report
 from .normalize import IntensityScaling
@@ -30,11 +31,14 @@ class RunOptions:
     seed: int = 0
     progress: Optional[ProgressCallback] = None
     cancel: Optional[CancelToken] = None
-    mixed_precision: bool = True
+    mixed_precision: bool = True  # False: fp32 whatever `precision` says
+    precision: str = "auto"  # device.PRECISIONS: auto (bf16 on sm80+ GPUs, fp16 on older ones) | fp32 | bf16 | fp16
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -53,6 +57,13 @@ class SliceBatch:
     slice_indices: list[int]
     seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cancel: Optional[CancelToken] = None
+
+    def check_cancelled(self, *_) -> None:
+        """Raise Cancelled if the run was cancelled: slice models call it between samples and sampling steps (also
+        usable as DDIMSampler.sample's on_step), so that a batch of many samples is not waited out."""
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
 
     def randn(self, *shape: int, stream: int = 0, same_for_all_slices: bool = False) -> torch.Tensor:
         """(B, *shape) standard normal noise; slice k always gets the same noise for a seed, whatever the batch.
@@ -90,6 +101,7 @@ def run_slicewise(
     if not inputs:
         raise ValueError("run_slicewise needs at least one input")
     device = resolve_device(options.device)
+    dtype = autocast_dtype(device, options.precision if options.mixed_precision else "fp32")
     reorientation, axial_arrays = prepare_axial(inputs)
     n_slices, height, width = axial_arrays[0].shape
     fitter = SliceFitter(height, width, model_size)
@@ -104,7 +116,7 @@ def run_slicewise(
                 options.cancel.raise_if_cancelled()
             stop = min(start + batch_size, n_slices)
             try:
-                result = _run_batch(axial_arrays, range(start, stop), fitter, fills, slice_model, device, options)
+                result = _run_batch(axial_arrays, range(start, stop), fitter, fills, slice_model, device, options, dtype)
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -113,6 +125,11 @@ def run_slicewise(
                     raise InputError(f"out of memory on {device} even for one slice; free memory or use another --device") from None
                 batch_size //= 2  # halve and retry the same slices
                 report(options.progress, start / n_slices, f"out of memory: batch size halved to {batch_size}")
+                continue
+            if dtype == torch.float16 and not np.isfinite(result).all():
+                # fp16 tops out at 65504: an activation past it becomes inf; finite inputs must give finite outputs.
+                dtype = None
+                report(options.progress, start / n_slices, "fp16 overflowed: continuing in fp32")
                 continue
             if result.shape[1] != out_channels:
                 raise RuntimeError(f"slice model returned {result.shape[1]} channels, expected {out_channels}")
@@ -124,10 +141,11 @@ def run_slicewise(
     return np.stack([reorientation.invert(channel) for channel in output]).astype(np.float32, copy=False)
 
 
-def _run_batch(axial_arrays, indices, fitter, fills, slice_model, device, options) -> np.ndarray:
+def _run_batch(axial_arrays, indices, fitter, fills, slice_model, device, options, dtype) -> np.ndarray:
     stacked = np.stack([array[indices.start:indices.stop] for array in axial_arrays], axis=1)
-    batch = SliceBatch(fitter.to_model_per_channel(torch.from_numpy(stacked), fills).to(device), list(indices), options.seed, device)
-    with autocast(device, options.mixed_precision):
+    batch = SliceBatch(fitter.to_model_per_channel(torch.from_numpy(stacked), fills).to(device), list(indices), options.seed,
+                       device, options.cancel)
+    with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
         result = slice_model(batch)
     result = fitter.from_model(result.float()).cpu().numpy()
     return result

@@ -65,13 +65,15 @@ def ct_window(low: float = -175.0, high: float = 250.0) -> IntensityScaling:
     return IntensityScaling(low, high, clip=True)
 
 
-def scaling_from_card(normalization, array: np.ndarray) -> IntensityScaling:
+def scaling_from_card(normalization, array: np.ndarray) -> IntensityScaling | None:
     """The scaling a card's normalization (typed, or its JSON form) asks for, fitted to this volume where it is
-    per-volume."""
+    per-volume; None for "none" (voxel values pass unchanged)."""
     from ..weights.card import Normalization
 
     if not isinstance(normalization, Normalization):
         normalization = Normalization.parse(normalization, "normalization")
     if normalization.kind == "mri_percentile":
         return fit_mri_scaling(array, normalization.lower, normalization.upper)
-    return ct_window(*normalization.window)
+    if normalization.kind == "ct_window":
+        return ct_window(*normalization.window)
+    return None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 class SliceFitter:
     """Maps (B, C, H, W) slices to (B, C, S, S) for the model and the model's output back to (H, W).
 
-    Slices that fit are zero-cost padded (BraTS 240² -> 256²: no interpolation, as METHODS.md recommends); larger
+    Slices that fit are zero-cost padded (BraTS 240² -> 256²: no interpolation; docs/decisions.md); larger
     slices are resized so the longer side is S, keeping the aspect ratio, then padded.
     """
 

@@ -24,7 +24,7 @@ REQUIRED_FIELDS = (
     "training", "metrics", "license", "citation", "sha256",
 )
 TASKS = ("translation", "segmentation")
-NORMALIZATIONS = ("mri_percentile", "ct_window")
+NORMALIZATIONS = ("mri_percentile", "ct_window", "none")  # none: voxel values reach the model unchanged
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
@@ -71,7 +71,9 @@ class Sampling:
     def parse(cls, data: Any, where: str) -> "Sampling":
         _field(where, "sampling", data, dict)
         schedule = _field(where, "sampling.schedule", data.get("schedule"), dict)
-        optional = lambda key: None if schedule.get(key) is None else _field(where, f"sampling.schedule.{key}", schedule[key], float)  # noqa: E731
+        def optional(key):
+            return None if schedule.get(key) is None else _field(where, f"sampling.schedule.{key}", schedule[key], float)
+
         clip = data.get("clip_sample")
         return cls(
             schedule=Schedule(
@@ -137,7 +139,8 @@ class Segment:
         name = f"segments[{index}]"
         _field(where, name, data, dict)
         color = data.get("color", DEFAULT_SEGMENT_COLOR)
-        if not (isinstance(color, (list, tuple)) and len(color) == 3 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)):
+        numbers = isinstance(color, (list, tuple)) and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
+        if not (numbers and len(color) == 3):
             raise CardError(f"model card {where}: {name}.color must be three numbers in 0..1, got {color!r}")
         label = _field(where, f"{name}.label", data.get("label"), int)
         if not 1 <= label <= 255:

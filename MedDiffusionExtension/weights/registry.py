@@ -61,11 +61,3 @@ class ModelRegistry:
         if task is not None and card.task != task:
             raise InputError(f"model {card.name!r} is a {card.task} model, not a {task} model; pick another with --model")
         return card
-
-    def default_for(self, method: str) -> ModelCard:
-        candidates = [c for c in self.cards().values() if c.method == method]
-        if not candidates:
-            raise InputError(f"no {method} model is installed; train one (`python -m training ...`) or pass --model")
-        # Prefer the bundled default flagged as such; otherwise the first by name.
-        flagged = [c for c in candidates if c.is_default]
-        return (flagged or sorted(candidates, key=lambda c: c.name))[0]

@@ -49,9 +49,16 @@ def load_model(name_or_path: str | Path, task: str | None = None, registry: Mode
             f"weights of model {card.name!r} do not match their card (sha256 {actual[:12]}… != {card.data['sha256'][:12]}…); "
             "the file is corrupt or was changed: reinstall or re-export the model"
         )
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return LoadedModel(card, load_file(str(weights)))
+    try:
+        return LoadedModel(card, load_file(str(weights)))
+    except (SafetensorError, OSError, ValueError) as error:
+        # A checksum that matches proves only that the card was sealed over this file, not that the file is whole.
+        reason = " ".join(str(error).split())[:160]
+        raise InputError(f"weights of model {card.name!r} cannot be read ({reason}); the file is truncated or not "
+                         "safetensors: reinstall or re-export the model") from None
 
 
 def save_model(directory: Path, tensors: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:

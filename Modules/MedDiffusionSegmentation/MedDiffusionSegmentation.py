@@ -28,11 +28,11 @@ for _folder in (os.path.dirname(os.path.abspath(__file__)),
     if os.path.isdir(os.path.join(_folder, "MedDiffusionLib")) and os.path.abspath(_folder) not in sys.path:
         sys.path.append(os.path.abspath(_folder))
 
-from MedDiffusionLib import backend, catalog, exchange, sampledata, scene  # noqa: E402
+from MedDiffusionLib import backend, catalog, dependencies, exchange, sampledata, scene  # noqa: E402
 from MedDiffusionLib.gui import RunWidgetMixin  # noqa: E402
 from MedDiffusionLib.job import BackgroundJob, BackgroundLogic  # noqa: E402
 
-backend.ensureBackendImportable()
+backend.makeImportable()  # a missing backend is reported in the module panel, not by failing to load
 TASK = "segmentation"
 
 
@@ -74,6 +74,7 @@ class MedDiffusionSegmentationParameterNode:
     seed - random seed: the same seed gives the same result.
     device - "auto", "cpu", "cuda:N" or "mps".
     batchSize - slices per batch (halved automatically when a GPU runs out of memory).
+    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs), "fp32", "bf16" or "fp16".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -84,6 +85,7 @@ class MedDiffusionSegmentationParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    precision: str = "auto"
 
 
 #
@@ -141,17 +143,11 @@ class MedDiffusionSegmentationWidget(RunWidgetMixin, ScriptedLoadableModuleWidge
             "Select a CT volume and a model (install the dependencies first if asked).")
 
     def onApplyButton(self) -> None:
-        if self.logic.isRunning:
-            self.cancelRun()
-            return
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            if self.prepareRun():
-                self.logic.process(
-                    node.inputVolume, modelName=node.modelName, steps=node.steps, samples=node.samples,
-                    threshold=node.threshold, seed=node.seed, device=node.device, batchSize=node.batchSize,
-                    wait=False, onProgress=self.onProgress, onFinished=self.onFinished)
-        self._updateGui()
+        self.runOrCancel(_("Failed to start the segmentation."), lambda: self.logic.process(
+            node.inputVolume, modelName=node.modelName, steps=node.steps, samples=node.samples,
+            threshold=node.threshold, seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision,
+            wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
 
 
 #
@@ -171,40 +167,35 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
     @staticmethod
     def model(modelName: str = ""):
         """The model card to use: `modelName`, or the default SDSeg model."""
-        return catalog.findModel(TASK, modelName, "sdseg")
+        return catalog.tasks().SegmentRequest(model=modelName, method="sdseg").card()
 
     @staticmethod
-    def segments(card) -> list[dict]:
-        """The card's segments (name, label value, colour); one generic segment when the card names none."""
-        return card.data.get("segments") or [{"name": card.output_names[0], "label": 1, "color": [0.9, 0.4, 0.3]}]
+    def segments(card) -> tuple:
+        """The card's segments (name, label value, colour), one per foreground class of the model."""
+        return card.segments
 
     @staticmethod
     def outputName(inputVolume, card, probability: bool = False) -> str:
         """e.g. "abdomen-ct segmentation (SDSeg)" and "abdomen-ct probability (SDSeg)"."""
         kind = "probability" if probability else "segmentation"
-        return f"{inputVolume.GetName()} {kind} ({catalog.METHODS[card.method].label})"
+        return f"{inputVolume.GetName()} {kind} ({catalog.tasks().METHODS[card.method].label})"
 
     def process(self, inputVolume, modelName: str = "", steps: int = 1, samples: int = 1, threshold: float = 0.5,
-                seed: int = 0, device: str = "auto", batchSize: int = 8, wait: bool = True, onProgress=None,
-                onFinished=None, show: bool = True):
+                seed: int = 0, device: str = "auto", batchSize: int = 8, precision: str = "auto", wait: bool = True,
+                onProgress=None, onFinished=None, show: bool = True):
         """Segment `inputVolume` (CT in HU).
 
         wait=True returns {"segmentation": node, "probability": node (samples > 1)} and raises InputError (bad
         input), Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the
         scene is only changed on success. wait=False returns at once; onFinished(RunResult) is called at the end.
         """
-        from MedDiffusionExtension.errors import InputError
-
-        if inputVolume is None:
-            raise InputError("select a CT volume")
-        if not 0.0 < threshold < 1.0:
-            raise InputError(f"the threshold must be between 0 and 1, got {threshold}")
-        card = self.model(modelName)
-        outputNames = ["labels"] + (["probability"] if samples > 1 else [])
-        settings = {"model": str(card.directory), "steps": int(steps) or None, "samples": int(samples),
-                    "threshold": float(threshold), "seed": int(seed), "device": device, "batch_size": int(batchSize)}
-        job = BackgroundJob("segment", {"image": inputVolume}, outputNames, settings, onProgress=onProgress)
-        provenance = dict(settings, model=card.name)
+        request = catalog.tasks().SegmentRequest(
+            model=modelName, method="sdseg", threshold=float(threshold),
+            settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
+        card = request.card()
+        inputs = scene.checkInputs({"image": inputVolume}, request.input_names(card), catalog.targetLabel)
+        job = BackgroundJob(request.COMMAND, inputs, request.output_names(card), request.to_job(card), onProgress=onProgress)
+        provenance = dict(request.to_job(), model=card.name)
 
         def buildOutputs(files):
             # Read and check every file before the first node enters the scene.
@@ -229,11 +220,12 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
     def _segmentationFromLabels(self, labels, referenceVolume, card):
         """A segmentation node on the reference's geometry with one segment per card segment (its name/colour)."""
         oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labels)
+        oriented.UnRegister(None)  # it returns a reference the caller owns; Python's own keeps the image alive
         masks = []
         for segment in self.segments(card):
             threshold = vtk.vtkImageThreshold()
             threshold.SetInputData(oriented)
-            threshold.ThresholdBetween(segment["label"], segment["label"])
+            threshold.ThresholdBetween(segment.label, segment.label)
             threshold.SetInValue(1)
             threshold.SetOutValue(0)
             threshold.SetOutputScalarTypeToUnsignedChar()
@@ -248,7 +240,7 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
         for segment, mask in masks:
-            segmentation.AddSegmentFromBinaryLabelmapRepresentation(mask, segment["name"], tuple(segment["color"]))
+            segmentation.AddSegmentFromBinaryLabelmapRepresentation(mask, segment.name, segment.color)
         return segmentation
 
 
@@ -272,6 +264,7 @@ class MedDiffusionSegmentationTest(ScriptedLoadableModuleTest):  # noqa: F405
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        dependencies.ensureForSelfTest()
         self.setUp()
         self.test_SegmentationOnCtGeometry()
         self.setUp()
@@ -314,11 +307,11 @@ class MedDiffusionSegmentationTest(ScriptedLoadableModuleTest):  # noqa: F405
         self.assertEqual(content.GetNumberOfSegments(), len(expected))
         for index, segmentSpec in enumerate(expected):
             segment = content.GetNthSegment(index)
-            self.assertEqual(segment.GetName(), segmentSpec["name"])
-            np.testing.assert_allclose(segment.GetColor(), segmentSpec["color"], atol=1e-6)
+            self.assertEqual(segment.GetName(), segmentSpec.name)
+            np.testing.assert_allclose(segment.GetColor(), segmentSpec.color, atol=1e-6)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, content.GetNthSegmentID(index), ct)
             self.assertEqual(mask.shape, slicer.util.arrayFromVolume(ct).shape)
-            self.assertGreater(int(mask.sum()), 0, f"segment {segmentSpec['name']} is empty")
+            self.assertGreater(int(mask.sum()), 0, f"segment {segmentSpec.name} is empty")
 
         values = slicer.util.arrayFromVolume(probability)
         self.assertTrue(np.array_equal(exchange.ijkToRas(probability), exchange.ijkToRas(ct)), "geometry differs")

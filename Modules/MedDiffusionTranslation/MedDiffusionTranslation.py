@@ -22,11 +22,11 @@ from slicer import vtkMRMLScalarVolumeNode
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the shared MedDiffusionLib package lives here
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
-from MedDiffusionLib import backend, catalog, exchange, sampledata, scene  # noqa: E402
+from MedDiffusionLib import backend, catalog, dependencies, exchange, sampledata, scene  # noqa: E402
 from MedDiffusionLib.gui import RunWidgetMixin  # noqa: E402
 from MedDiffusionLib.job import BackgroundJob, BackgroundLogic  # noqa: E402
 
-backend.ensureBackendImportable()
+backend.makeImportable()  # a missing backend is reported in the module panel, not by failing to load
 TASK = "translation"
 
 
@@ -78,6 +78,7 @@ class MedDiffusionTranslationParameterNode:
     seed - random seed: the same seed gives the same result.
     device - "auto", "cpu", "cuda:N" or "mps".
     batchSize - slices per batch (halved automatically when a GPU runs out of memory).
+    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs), "fp32", "bf16" or "fp16".
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -90,6 +91,7 @@ class MedDiffusionTranslationParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    precision: str = "auto"
 
 
 #
@@ -145,7 +147,7 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         self.fillCombo(self.ui.targetComboBox, choices, node.targets)
         node.targets = self.ui.targetComboBox.currentData or ""
         self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No model installed.")
-        self.ui.t2Selector.enabled = card is None or "t2" in catalog.METHODS[card.method].inputs
+        self.ui.t2Selector.enabled = card is None or "t2" in catalog.tasks().METHODS[card.method].inputs
         self.fillDeviceCombo(node)
 
     def onMethodChanged(self, index) -> None:
@@ -162,25 +164,20 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
             return
         targets = [t for t in node.targets.split(",") if t]
         self.ui.applyButton.text = _("Synthesize {targets}").format(targets=catalog.targetsLabel(targets) or _("all"))
-        needsT2 = "t2" in catalog.METHODS.get(node.method, catalog.METHODS["cdm"]).inputs
+        methods = catalog.tasks().METHODS
+        needsT2 = "t2" in methods.get(node.method, methods["cdm"]).inputs
         ready = self._dependenciesReady and node.t1Volume and (node.t2Volume or not needsT2) and node.modelName
         self.ui.applyButton.enabled = bool(ready)
         self.ui.applyButton.toolTip = _("Create the synthetic volumes.") if ready else _(
             "Select the input volumes and a model (install the dependencies first if asked).")
 
     def onApplyButton(self) -> None:
-        if self.logic.isRunning:
-            self.cancelRun()
-            return
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the synthesis."), waitCursor=True):
-            if self.prepareRun():
-                self.logic.process(
-                    node.t1Volume, node.t2Volume, targets=[t for t in node.targets.split(",") if t],
-                    modelName=node.modelName, method=node.method, steps=node.steps, samples=node.samples,
-                    seed=node.seed, device=node.device, batchSize=node.batchSize, wait=False,
-                    onProgress=self.onProgress, onFinished=self.onFinished)
-        self._updateGui()
+        self.runOrCancel(_("Failed to start the synthesis."), lambda: self.logic.process(
+            node.t1Volume, node.t2Volume, targets=[t for t in node.targets.split(",") if t],
+            modelName=node.modelName, method=node.method, steps=node.steps, samples=node.samples,
+            seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision, wait=False,
+            onProgress=self.onProgress, onFinished=self.onFinished))
 
 
 #
@@ -200,57 +197,43 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
     @staticmethod
     def model(modelName: str = "", method: str = "cdm"):
         """The model card to use: `modelName`, or the method's default model."""
-        return catalog.findModel(TASK, modelName, method)
+        return catalog.tasks().TranslateRequest(model=modelName, method=method).card()
 
     @staticmethod
     def outputName(t1Volume, target: str, card, uncertainty: bool = False) -> str:
         """e.g. "BraTS-t1n synthetic T1c (CDM)", and "... uncertainty" for the standard-deviation volume."""
-        name = f"{t1Volume.GetName()} synthetic {catalog.targetLabel(target)} ({catalog.METHODS[card.method].label})"
+        name = f"{t1Volume.GetName()} synthetic {catalog.targetLabel(target)} ({catalog.tasks().METHODS[card.method].label})"
         return f"{name} uncertainty" if uncertainty else name
 
     def process(self, t1Volume, t2Volume=None, targets=None, modelName: str = "", method: str = "cdm",
                 steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 8,
-                wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
+                precision: str = "auto", wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
         """Synthesize `targets` (model output names such as "t1c", "t2f"; default: all the model's outputs).
 
         wait=True returns {target: node, target + "_std": node (samples > 1)} and raises InputError (bad input),
         Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the scene
         is only changed on success. wait=False returns at once; onFinished(RunResult) is called when it ends.
         """
-        from MedDiffusionExtension.errors import InputError
-
-        card = self.model(modelName, method)
-        expected = catalog.METHODS[card.method].inputs
-        if t1Volume is None:
-            raise InputError("select a T1 volume")
-        if "t2" in expected and t2Volume is None:
-            raise InputError(f"{catalog.METHODS[card.method].label} needs a T2 volume too")
-        if t2Volume is not None and t2Volume is t1Volume:
-            raise InputError("T1 and T2 are the same volume; select the T2 scan of the same patient")
-        if t2Volume is not None and t2Volume.GetTransformNodeID() != t1Volume.GetTransformNodeID():
-            raise InputError("T1 and T2 are under different transforms; harden the transforms first")
-        targets = list(targets) if targets else card.output_names
-        unknown = [t for t in targets if t not in card.output_names]
-        if unknown:
-            raise InputError(f"model {card.name} cannot synthesize {', '.join(unknown)}; "
-                             f"it makes {', '.join(card.output_names)}")
-        inputs = {"t1": t1Volume, "t2": t2Volume} if "t2" in expected else {"t1": t1Volume}
-        outputNames = targets + ([f"{t}_std" for t in targets] if samples > 1 else [])
-        settings = {"model": str(card.directory), "targets": targets, "steps": int(steps) or None,
-                    "samples": int(samples), "seed": int(seed), "device": device, "batch_size": int(batchSize)}
-        job = BackgroundJob("translate", inputs, outputNames, settings, onProgress=onProgress)
-        provenance = dict(settings, model=card.name)
+        taskLayer = catalog.tasks()
+        request = taskLayer.TranslateRequest(model=modelName, method=method, targets=tuple(targets or ()),
+                                             settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
+        card = request.card()
+        inputs = scene.checkInputs({"t1": t1Volume, "t2": t2Volume}, request.input_names(card), catalog.targetLabel)
+        outputNames = request.output_names(card)
+        targets = request.chosen_targets(card)
+        provenance = dict(request.to_job(), model=card.name)
         sources = list(inputs.values())
+        job = BackgroundJob(request.COMMAND, inputs, outputNames, request.to_job(card), onProgress=onProgress)
 
         def buildOutputs(files):
             # Read and check every file before the first node enters the scene.
             nodes = {name: exchange.readVolumeOnGrid(path, t1Volume) for name, path in files.items()}
             for name, node in nodes.items():
-                target = name[:-4] if name.endswith("_std") else name
-                scene.addVolumeToScene(node, self.outputName(t1Volume, target, card, uncertainty=name.endswith("_std")))
+                spread = taskLayer.is_spread(name)
+                scene.addVolumeToScene(node, self.outputName(t1Volume, taskLayer.target_of(name), card, uncertainty=spread))
                 scene.markOutput(node, card, name, sources, provenance, synthetic=True)
                 scene.placeWithInputs(node, t1Volume)
-                if name.endswith("_std"):
+                if spread:
                     scene.styleUncertainty(node)
             if show:
                 scene.showInSliceViews(background=nodes[targets[0]], foreground=nodes.get(f"{targets[0]}_std"))
@@ -280,6 +263,7 @@ class MedDiffusionTranslationTest(ScriptedLoadableModuleTest):  # noqa: F405
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        dependencies.ensureForSelfTest()
         self.setUp()
         self.test_SyntheticT1cKeepsT1Geometry()
         self.setUp()

@@ -5,15 +5,19 @@ Never shipped with the extension and never imported by the modules: only Testing
 Real (from the `slicer-core` wheel): slicer.mrmlScene and every vtkMRML* node, storage nodes (NRRD/NIfTI IO),
 the volumes, colors and segmentations logics, slicer.util's array and scene helpers, VTKObservationMixin.
 
-Faked here, as little as the modules' Logic and Test classes need:
-- `qt`, `ctk`: inert modules (widgets cannot run here; the .ui files are checked statically instead);
+Faked here, as little as the modules' Logic, Test and widget code need:
+- `qt`, `ctk`: inert modules (widgets cannot run here; the .ui files are checked statically instead), except a
+  QTimer fired by hand that is deleted like PythonQt's, and QApplication's override-cursor stack (qt_stub.py);
 - `slicer.i18n`: tr/translate return the text unchanged;
 - `slicer.ScriptedLoadableModule`: minimal Module/Widget/Logic/Test base classes (scripted.py);
 - `slicer.parameterNodeWrapper`: typed fields over a real vtkMRMLScriptedModuleNode, no GUI binding (parameters.py);
-- `slicer.app`: a temporary folder, `testingEnabled`, and `coreIOManager().loadNodes` for volumes through the real
-  volumes logic (app.py); `slicer.modules`: `volumes`, `segmentations`, `colors` with their real logics.
+- `slicer.app`: a temporary folder, `testingEnabled`, override cursors, and `coreIOManager().loadNodes` for volumes
+  through the real volumes logic (app.py); `slicer.modules`: `volumes`, `segmentations`, `colors` with their real
+  logics;
+- message boxes as a desktop user sees them, recorded (messages.py, used through a fixture).
 
-fixtures.py holds the pytest fixtures built on it (layer installed, micro random-weight models, synthetic cases).
+fixtures.py holds the pytest fixtures built on it (layer installed, micro random-weight models, synthetic cases,
+recorded message boxes).
 """
 
 from __future__ import annotations

@@ -88,11 +88,15 @@ class CompatApp:
     def connect(self, signal, slot) -> None:
         self.connections.append((signal, slot))
 
-    def setOverrideCursor(self, *args) -> None:
-        pass
+    def setOverrideCursor(self, cursor) -> None:  # QApplication's, as in Slicer
+        from .qt_stub import QApplication
+
+        QApplication.setOverrideCursor(cursor)
 
     def restoreOverrideCursor(self) -> None:
-        pass
+        from .qt_stub import QApplication
+
+        QApplication.restoreOverrideCursor()
 
 
 def compatModules(app: CompatApp) -> SimpleNamespace:

@@ -107,3 +107,11 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample_data(tmp_path_factory) -> Path:
     return write_sample_data(tmp_path_factory.mktemp("SampleData"))
+
+
+@pytest.fixture
+def message_boxes(slicer_env, monkeypatch):
+    """slicer.util's message boxes recorded as a desktop user would see them (slicer_compat/messages.py)."""
+    from slicer_compat.messages import MessageBoxes
+
+    return MessageBoxes().install(monkeypatch)

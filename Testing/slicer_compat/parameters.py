@@ -2,7 +2,8 @@
 
 Supports what the MedDiffusion modules declare: str, int, float, bool (optionally Annotated with WithinRange,
 Minimum, Maximum, Choice, Default) and MRML node classes (stored as node references, role = field name). Values are
-validated on assignment like Slicer's wrapper does. GUI binding (connectGui) needs Qt and is not available here.
+validated on assignment like Slicer's wrapper does. GUI binding needs Qt: connectGui binds nothing here (it only
+returns a tag); the .ui files' SlicerParameterName properties are checked statically instead.
 """
 
 from __future__ import annotations
@@ -129,10 +130,10 @@ def parameterNodeWrapper(cls):
                         lambda self, value: field.write(self.parameterNode, value))
 
     def connectGui(self, gui):
-        raise NotImplementedError("GUI binding needs desktop Slicer (Qt)")
+        return object()
 
     def disconnectGui(self, tag):
-        raise NotImplementedError("GUI binding needs desktop Slicer (Qt)")
+        pass
 
     cls.__init__ = __init__
     for name, field in fields.items():

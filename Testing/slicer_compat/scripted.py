@@ -1,8 +1,9 @@
 """TEST-ONLY minimal `slicer.ScriptedLoadableModule`: the four base classes of a scripted module.
 
 Only what the MedDiffusion Logic and Test classes rely on behaves like Slicer's: the Logic's parameter node is a
-singleton vtkMRMLScriptedModuleNode in the real scene, the Test is a unittest.TestCase. The Widget base cannot
-build a GUI here and says so.
+singleton vtkMRMLScriptedModuleNode in the real scene, the Test is a unittest.TestCase. The Widget base builds no
+GUI: its `layout` only records what is added, and a test supplies the .ui's widgets as test doubles through
+`slicer.util.loadUI` / `childWidgetVariables`.
 """
 
 from __future__ import annotations
@@ -46,13 +47,28 @@ class ScriptedLoadableModule:
         testCase.runTest(**kwargs)
 
 
+class _Layout:
+    def __init__(self):
+        self.widgets = []
+
+    def addWidget(self, widget):
+        self.widgets.append(widget)
+
+    def addStretch(self, *args):
+        pass
+
+
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None):
         self.parent = parent
         self.moduleName = self.__class__.__name__[: -len("Widget")]
 
+    def resourcePath(self, filename: str) -> str:
+        folder = os.path.dirname(sys.modules[self.__class__.__module__].__file__)
+        return os.path.join(folder, "Resources", filename)
+
     def setup(self):
-        raise NotImplementedError("module widgets need desktop Slicer (Qt); the .ui files are checked statically")
+        self.layout = _Layout()
 
 
 class ScriptedLoadableModuleLogic:

@@ -3,14 +3,25 @@
 Each volume set goes once through the engine's own preparation (align to the reference grid, canonical axial
 orientation, normalization, fit to the model size) and is stored as a .npy file that later epochs memory-map:
 no NIfTI is decoded twice, and training never sees slices prepared differently from what inference feeds the model.
+
+Several processes may build one cache at once (torchrun ranks, two jobs sharing a folder): every file is written
+under a name no other process uses and renamed into place, so a reader sees a whole file or none, and two writers
+of the same case only duplicate work. Inside `preparing_share(rank, world_size)` a dataset prepares only its share
+of the missing files and loads nothing, so ranks split the work (`python -m training prepare`, and the trainer
+before it builds its datasets).
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +43,46 @@ def _fingerprint(case: Case, keys: Sequence[str], settings: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+@dataclass
+class CacheShare:
+    """Which share of the cases this process prepares, and what it found (case ids)."""
+
+    rank: int = 0
+    world_size: int = 1
+    prepared: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+
+
+_SHARE: contextvars.ContextVar[CacheShare | None] = contextvars.ContextVar("slice_cache_share", default=None)
+
+
+@contextmanager
+def preparing_share(rank: int = 0, world_size: int = 1) -> Iterator[CacheShare]:
+    """Datasets built inside prepare the missing cache files of cases[rank::world_size] only, and load nothing."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    share = CacheShare(rank, world_size)
+    token = _SHARE.set(share)
+    try:
+        yield share
+    finally:
+        _SHARE.reset(token)
+
+
+def _save_atomically(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        try:
+            os.replace(tmp, path)
+        except PermissionError:
+            # Windows refuses to replace a file another process has open: that process wrote the same content.
+            if not path.is_file():
+                raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class CachedSlices(Dataset):
     """All axial slices of the cases with the given channels, (C, S, S) float32 each, from a disk cache.
 
@@ -51,21 +102,28 @@ class CachedSlices(Dataset):
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.arrays: list[np.ndarray] = []
         self.index: list[tuple[int, int]] = []
-        for case in cases:
-            missing = [c for c in channels if c not in case.paths]
-            if missing:
-                continue
-            path = cache_dir / f"{case.case_id}-{_fingerprint(case, channels, settings)}.npy"
+        self.case_ids = [c.case_id for c in cases]
+        entries = [(case, cache_dir / f"{case.case_id}-{_fingerprint(case, channels, settings)}.npy")
+                   for case in cases if all(c in case.paths for c in channels)]
+        share = _SHARE.get()
+        if share is not None:
+            for case, path in entries[share.rank::share.world_size]:
+                if path.is_file():
+                    share.cached.append(case.case_id)
+                else:
+                    _save_atomically(self._prepare(case, normalizations, image_size), path)
+                    share.prepared.append(case.case_id)
+            return
+        # From the end of the list: a rank still working through its share goes from the front, so a rank that
+        # finished early takes over the remaining cases instead of duplicating the one being prepared.
+        for case, path in reversed(entries):
             if not path.is_file():
-                prepared = self._prepare(case, normalizations, image_size)
-                tmp = path.with_name(path.name + ".tmp.npy")
-                np.save(tmp, prepared)
-                tmp.replace(path)
+                _save_atomically(self._prepare(case, normalizations, image_size), path)
+        for case, path in entries:
             array = np.load(path, mmap_mode="r")
             number = len(self.arrays)
             self.arrays.append(array)
             self.index.extend((number, k) for k in range(array.shape[0]) if keep is None or keep(array[k]))
-        self.case_ids = [c.case_id for c in cases]
 
     def _prepare(self, case: Case, normalizations, image_size) -> np.ndarray:
         inputs = []

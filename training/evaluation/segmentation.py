@@ -47,8 +47,9 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
                 axial = AxialReorientation.for_volume(image).apply
                 segmentation_figure(args.figure or args.out / "case.png", axial(image.array.astype(np.float32)),
                                     axial(prediction), axial(reference), case.case_id, scores[name][-1]["dice"])
-        runs = [run_model(model, {"image": image}, device=args.device, batch_size=args.batch_size, seed=s, steps=1)["labels"].array > 0
-                for s in STABILITY_SEEDS]
+        runs = [run_model(model, {"image": image}, device=args.device, batch_size=args.batch_size, seed=seed, steps=1)
+                for seed in STABILITY_SEEDS]
+        runs = [run["labels"].array > 0 for run in runs]
         stability["pairwise_dice"].append(float(np.mean([metrics.dice(a, b) for a, b in itertools.combinations(runs, 2)])))
         stability["dice_std"].append(float(np.std([metrics.dice(r, reference) for r in runs])))
     return _report(args, model, cases, scores, seconds_per_slice, stability)
@@ -67,7 +68,8 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         iou, _ = _summary(entries, "iou")
         hd95, hd_sd = _summary(entries, "hd95")
         empty = sum(1 for e in entries if not np.isfinite(e["hd95"]))
-        rows.append([name, f"{dice:.4f} ± {dice_sd:.4f}", iou, f"{hd95:.2f} ± {hd_sd:.2f}" + (f" ({empty} empty)" if empty else ""),
+        hd95_text = f"{hd95:.2f} ± {hd_sd:.2f}" + (f" ({empty} empty)" if empty else "")
+        rows.append([name, f"{dice:.4f} ± {dice_sd:.4f}", iou, hd95_text,
                      float(np.mean(seconds_per_slice[name]))])
     single = float(np.mean(seconds_per_slice[rows[0][0]]))
     ddim = float(np.mean(seconds_per_slice[rows[1][0]]))
@@ -90,7 +92,8 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md").write_text("\n".join(text))
-    summary = {"cases": [c.case_id for c in cases], "rows": rows, "stability": {k: float(np.mean(v)) for k, v in stability.items()},
+    summary = {"cases": [c.case_id for c in cases], "rows": rows,
+               "stability": {k: float(np.mean(v)) for k, v in stability.items()},
                "ddim10_over_single_step": ddim / single}
     if args.update_card:
         dice, _ = _summary(scores[rows[0][0]], "dice")

@@ -151,7 +151,7 @@ def _report(args, model, model_row, cases, rows, sweep, consistency, timings) ->
     for name, entries in rows.items():
         line = [name]
         for target in TARGETS:
-            line += [_average(entries, "psnr_2d", target), _average(entries, "ssim_2d", target), _average(entries, "mae_2d", target)]
+            line += [_average(entries, key, target) for key in ("psnr_2d", "ssim_2d", "mae_2d")]
         line += [_average(entries, "psnr_2d"), _average(entries, "ssim_2d"), _average(entries, "mae_2d")]
         table1.append(line)
     table3d = [[name, _average(e, "psnr_3d"), _average(e, "ssim_3d"), _average(e, "mae_3d")] for name, e in rows.items()]

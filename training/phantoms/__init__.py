@@ -3,7 +3,7 @@ layout), IXI-style T1/T2 pairs, the bundled sample cases and the documentation f
 
 Shapes are given in NIfTI order (ni, nj, nk), e.g. (240, 240, 155); arrays come back in the project's (k, j, i)
 order with their 4x4 ijk-to-RAS matrix, so `Volume(*case["t1n"])` works. Every generator is deterministic per
-seed. Command line: `python -m MedDiffusionExtension.data {brats,btcv,ixi,samples,figures} --help`.
+seed. Command line: `python -m training phantoms {brats,btcv,ixi,samples,figures} --help`.
 """
 
 from .brain import BrainPhantom, brats_grid, generate_brain_case, simulate_brain

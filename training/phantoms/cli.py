@@ -1,4 +1,5 @@
-"""Command line for the phantom generators: python -m MedDiffusionExtension.data {brats,btcv,ixi,samples,figures}."""
+"""`python -m training phantoms {brats,btcv,ixi,samples,figures}`: write phantom datasets, the bundled sample cases
+(Resources/SampleData) and the documentation figures."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError
+from ..cli import Command
 
 
 def _non_negative(text: str) -> int:
@@ -31,9 +32,8 @@ def _spacing(text: str) -> tuple[float, float, float]:
     return tuple(float(p) for p in parts)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m MedDiffusionExtension.data", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="what", required=True)
     for name, help_text in (("brats", "brain MRI cases in the BraTS2023 layout"),
                             ("btcv", "abdominal CT cases in the BTCV layout"),
                             ("ixi", "healthy T1/T2 pairs in the IXI layout")):
@@ -51,19 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--out", type=Path, default=Path("Resources/SampleData"))
     figures = commands.add_parser("figures", help="write the documentation figures")
     figures.add_argument("--out", type=Path, default=Path("docs/figures"))
-    return parser
 
 
-def run(args: argparse.Namespace) -> list[Path]:
-    from . import layouts, samples, figures
+def write(args: argparse.Namespace) -> list[Path]:
+    from . import figures, layouts, samples
 
-    if args.command == "brats":
+    if args.what == "brats":
         cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape)
-    elif args.command == "btcv":
+    elif args.what == "btcv":
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing)
-    elif args.command == "ixi":
+    elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
-    elif args.command == "samples":
+    elif args.what == "samples":
         names = samples.write_samples(args.out)
         return [args.out / name for name in names]
     else:
@@ -71,19 +70,21 @@ def run(args: argparse.Namespace) -> list[Path]:
     return [path for case in cases for path in case.values()]
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        paths = run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    paths = write(args)
     for path in paths:
         print(path)
     print(f"wrote {len(paths)} files in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = Command("write phantom datasets (BraTS, BTCV, IXI layouts), the bundled sample cases or the docs figures",
+                  add_arguments, run)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m training phantoms ARGV...` (an InputError is exit code 2)."""
+    from ..cli import main as training_main
+
+    return training_main(["phantoms", *argv])

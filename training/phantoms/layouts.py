@@ -18,7 +18,7 @@ from .brain import BRATS_CENTRE_RAS, SEQUENCES, draw_subject, render_subject, si
 from .ct import simulate_ct
 from .geometry import Grid, lps_grid
 from .nifti import write_nifti
-from ..errors import InputError
+from MedDiffusionExtension.errors import InputError
 
 
 def case_seed(dataset_seed: int, index: int) -> int:

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
+from MedDiffusionExtension.errors import InputError
 
 _FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

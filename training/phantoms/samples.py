@@ -1,6 +1,6 @@
 """The bundled sample cases (Resources/SampleData): one small brain MRI case and one abdominal CT case.
 
-Regenerate with `python -m MedDiffusionExtension.data samples --out Resources/SampleData`. The files are
+Regenerate with `python -m training phantoms samples --out Resources/SampleData`. The files are
 byte-for-byte reproducible on one platform (seeded, gzip without timestamps); SHA256SUMS records their digests in
 `sha256sum -c` format and samples.json describes each file for Slicer's SampleData registration.
 """
@@ -57,7 +57,7 @@ def write_samples(out_dir) -> dict[str, str]:
     digests = {path.name: sha256_of(path) for path, *_ in entries}
     (out_dir / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()))
     manifest = {
-        "generator": "python -m MedDiffusionExtension.data samples --out Resources/SampleData",
+        "generator": "python -m training phantoms samples --out Resources/SampleData",
         "attribution": TEMPLATE_ATTRIBUTION,
         "files": [{"name": path.name, "kind": kind, "description": description, "sha256": digests[path.name],
                    "bytes": path.stat().st_size, "phantom": {k: v for k, v in info.items() if k != "protocol"}}

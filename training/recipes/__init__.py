@@ -54,6 +54,9 @@ class Recipe:
         return [p for p in model.parameters() if p.requires_grad]
 
     def train_dataset(self) -> Dataset:
+        """The training set. Under torchrun every rank builds it at the same time (first inside
+        data.slices.preparing_share, where a CachedSlices only prepares its share): anything written to disk must be
+        safe against concurrent writers, as CachedSlices is."""
         raise NotImplementedError
 
     def val_dataset(self) -> Dataset | None:
@@ -96,7 +99,8 @@ def resolve_recipe(name: str) -> type[Recipe]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise InputError(f"recipe {name!r}: cannot import {module_name} ({exc}); check the name or run from the repo root") from None
+        raise InputError(f"recipe {name!r}: cannot import {module_name} ({exc}); "
+                         "check the name or run from the repo root") from None
     recipe = getattr(module, attr, None)
     if not (isinstance(recipe, type) and issubclass(recipe, Recipe)):
         raise InputError(f"recipe {name!r}: {target} is not a Recipe subclass")

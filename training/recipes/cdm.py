@@ -1,6 +1,6 @@
 """CDM training, in the paper's three stages, each a run of the shared trainer:
 
-1. stage=mrm   masked modelling over the targets (T1c, T2f): trains model.mrm
+1. stage=mrm   masked modelling over the targets (T1c, T2f): trains model.mrm (not its projection head)
 2. stage=mdn   diffusion over the frozen MRM's representation vectors: trains model.mdn
 3. stage=cunet the C-UNet from (T1, T2) to the targets given the ground-truth representation: trains model.cunet
 stage=unet trains the plain UNet baseline M1 (same backbone, no representation) for the ablation.
@@ -64,7 +64,11 @@ class CDMRecipe(StagedRecipe):
         return load_stage(build_model("cdm", self.architecture), self.config["init"], new_prefixes=(f"{self.stage}.",))
 
     def trainable_parameters(self, model):
-        part = model if self.stage == "unet" else {"mrm": model.mrm, "mdn": model.mdn, "cunet": model.cunet}[self.stage]
+        if self.stage == "mrm":
+            # The masked-modelling loss never reaches the projection head (it only shapes represent()'s output),
+            # so it stays at its seeded initialisation; training it would leave DDP waiting for its gradients.
+            return [p for name, p in model.mrm.named_parameters() if not name.startswith("project.")]
+        part = model if self.stage == "unet" else {"mdn": model.mdn, "cunet": model.cunet}[self.stage]
         return list(part.parameters())
 
     def _cases(self, train: bool):

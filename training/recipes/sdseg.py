@@ -103,7 +103,8 @@ class SDSegRecipe(StagedRecipe):
         z0_hat, _ = x0_and_eps_from_output(self.schedule, z_t, t, eps_hat, "epsilon")
         noise_loss = F.l1_loss(eps_hat, noise)
         latent_loss = F.l1_loss(z0_hat, z0)
-        return noise_loss + self.config["latent_loss_weight"] * latent_loss, {"l_eps": noise_loss.detach(), "l_z0": latent_loss.detach()}
+        logs = {"l_eps": noise_loss.detach(), "l_z0": latent_loss.detach()}
+        return noise_loss + self.config["latent_loss_weight"] * latent_loss, logs
 
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",

@@ -41,6 +41,16 @@ def ensureBackendImportable() -> Path:
     return root
 
 
+def makeImportable() -> str:
+    """ensureBackendImportable without raising: "" once the backend imports, else what is wrong, for the module
+    panel (a module that failed to load could not say why)."""
+    try:
+        ensureBackendImportable()
+    except RuntimeError as error:
+        return str(error)
+    return ""
+
+
 def resourcesFolder() -> Path:
     """Resources/ of the extension (bundled models and sample data), next to the backend package."""
     return backendRoot() / "Resources"

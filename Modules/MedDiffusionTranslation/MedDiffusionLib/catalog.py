@@ -11,6 +11,11 @@ import html
 from . import backend
 
 
+# (value, label) of the precision menu; the values are the task layer's PRECISIONS.
+PRECISION_CHOICES = (("auto", "Auto (bf16/fp16 on GPUs, fp32 on CPUs)"), ("fp32", "fp32 (exact)"), ("bf16", "bf16"),
+                     ("fp16", "fp16"))
+
+
 def tasks():
     """The backend's task layer (imports no torch)."""
     backend.ensureBackendImportable()

@@ -4,18 +4,22 @@ torch comes through the PyTorch extension's PyTorchUtils when it is installed (i
 NVIDIA driver), otherwise through slicer.util.pip_install. Slicer's own SimpleITK, numpy and requests are never
 reinstalled: they are not in the install list, and a constraints file pins them to the installed versions so no
 dependency can upgrade them. A package that was already imported and is now replaced needs a Slicer restart.
+Whether a package is there is asked of the runner's Python (probe), which imports it: Slicer's own process never does.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
-import importlib.util
 import logging
 import os
 import re
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Optional
+
+from . import backend, probe
 
 TORCH_REQUIREMENT = ">=2.1"
 
@@ -63,17 +67,33 @@ def _numbers(version: str) -> tuple:
     return tuple(numbers)
 
 
-def missingRequirements(findSpec=importlib.util.find_spec, version=_version) -> list[Requirement]:
-    """Requirements that are not importable or older than their minimum."""
+def probeResult(refresh: bool = False) -> probe.ProbeResult:
+    """What the runner's Python imports of REQUIRED, and its devices; cached for the session."""
+    return probe.check([r.module for r in REQUIRED], refresh)
+
+
+def missingRequirements(result: Optional[probe.ProbeResult] = None) -> list[Requirement]:
+    """Requirements that do not import in the runner's Python or are older than their minimum (RuntimeError when
+    that could not be checked). `result`: a probe's; by default the session's."""
+    result = result or probeResult()
+    if result.error:
+        raise RuntimeError(result.error)
     missing = []
     for requirement in REQUIRED:
-        if findSpec(requirement.module) is None:
+        installed = result.versions.get(requirement.module)
+        if installed is None:  # absent, or broken: it does not import
             missing.append(requirement)
-            continue
-        installed = version(requirement.distribution)
-        if installed is not None and requirement.minimum and _numbers(installed)[:len(requirement.minimum)] < requirement.minimum:
+        elif installed and requirement.minimum and _numbers(installed)[:len(requirement.minimum)] < requirement.minimum:
             missing.append(requirement)
     return missing
+
+
+def _missingNow() -> list[Requirement]:
+    cached = probeResult()
+    if cached.error or missingRequirements(cached):
+        # Something may have been installed since (e.g. from the Python console): ask again before installing.
+        return missingRequirements(probeResult(refresh=True))
+    return []
 
 
 def constraintLines(version=_version) -> list[str]:
@@ -108,7 +128,7 @@ def ensureInstalled(askConfirmation: bool = True) -> bool:
     """True when everything is (now) installed; False when the user declined. Shows one consent dialog."""
     import slicer
 
-    missing = missingRequirements()
+    missing = _missingNow()
     if not missing:
         return True
     pyTorchUtils = _pyTorchUtils()
@@ -120,19 +140,22 @@ def ensureInstalled(askConfirmation: bool = True) -> bool:
             windowTitle="MedDiffusion: install dependencies"):
         return False
     restart = needsRestart(missing)
-    with slicer.util.WaitCursor(), tempfile.TemporaryDirectory() as folder:
-        constraints = os.path.join(folder, "constraints.txt")
-        with open(constraints, "w") as handle:
-            handle.write("\n".join(constraintLines()) + "\n")
-        for requirement in missing:
-            if requirement.module == "torch" and pyTorchUtils is not None:
-                torchLogic = pyTorchUtils.PyTorchUtilsLogic()
-                if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                    raise RuntimeError("PyTorch could not be installed; see the Python console for details")
-            else:
-                logging.info(f"MedDiffusion: pip install {requirement.pip}")
-                slicer.util.pip_install([requirement.pip, "--constraint", constraints])
-    importlib.invalidate_caches()
+    try:
+        with slicer.util.WaitCursor(), tempfile.TemporaryDirectory() as folder:
+            constraints = os.path.join(folder, "constraints.txt")
+            with open(constraints, "w") as handle:
+                handle.write("\n".join(constraintLines()) + "\n")
+            for requirement in missing:
+                if requirement.module == "torch" and pyTorchUtils is not None:
+                    torchLogic = pyTorchUtils.PyTorchUtilsLogic()
+                    if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                        raise RuntimeError("PyTorch could not be installed; see the Python console for details")
+                else:
+                    logging.info(f"MedDiffusion: pip install {requirement.pip}")
+                    slicer.util.pip_install([requirement.pip, "--constraint", constraints])
+    finally:  # even a partly failed install changed what is there
+        probe.forget()
+        importlib.invalidate_caches()
     still = missingRequirements()
     if still:
         raise RuntimeError("these packages are still missing after the installation: "
@@ -142,3 +165,16 @@ def ensureInstalled(askConfirmation: bool = True) -> bool:
                                 "because an older version of some of them was already loaded.",
                                 windowTitle="MedDiffusion: restart needed")
     return True
+
+
+def ensureForSelfTest() -> None:
+    """A self-test runs the runner, which needs REQUIRED: install it unattended first, as a clean Slicer or an
+    extension build machine lacks it. RuntimeError with the reason when that is impossible."""
+    problem = backend.makeImportable()
+    if problem:
+        raise RuntimeError(f"the MedDiffusion self-test cannot run: {problem}")
+    try:
+        ensureInstalled(askConfirmation=False)
+    except Exception as error:
+        raise RuntimeError("the MedDiffusion self-test cannot run: installing the Python packages it needs failed "
+                           f"({error})") from error

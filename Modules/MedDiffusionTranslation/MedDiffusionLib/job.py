@@ -63,6 +63,7 @@ class BackgroundJob:
         self.folder: Optional[Path] = None
         self.process: Optional[RunnerProcess] = None
         self._timer = None
+        self._stoppedTimer = None
         self._onFinished = None
 
     @property
@@ -129,8 +130,11 @@ class BackgroundJob:
             self.process.cancel()
             return
         if finished:
-            self._timer.stop()
-            self._timer = None
+            # PythonQt deletes a parentless QTimer with its last Python reference, which here would be inside its
+            # own timeout() slot: Qt deletes it once the slot has returned, and the reference is kept until then.
+            self._stoppedTimer, self._timer = self._timer, None
+            self._stoppedTimer.stop()
+            self._stoppedTimer.deleteLater()
             self._finish()
 
     def _finish(self) -> None:

@@ -2,7 +2,8 @@
 
 The runner (`python -m MedDiffusionExtension.runner JOB.json`) prints one event per line (see its docstring).
 Two reader threads only queue lines; every callback runs in the thread that calls `poll`/`wait` (Slicer's main
-thread, from a QTimer or a blocking loop), so callbacks may touch the scene and the GUI.
+thread, from a QTimer or a blocking loop), so callbacks may touch the scene and the GUI. Neither `poll` nor `cancel`
+ever waits: in Slicer they run on the GUI thread.
 """
 
 from __future__ import annotations
@@ -25,12 +26,37 @@ DONE, CANCELLED, INPUT_ERROR, FAILED = "done", "cancelled", "input-error", "fail
 
 # After SIGTERM the runner stops at the next slice batch; a process that outlives this is killed outright.
 TERMINATE_GRACE_SECONDS = 10.0
+# Once the runner has exited, how long its last lines may take to reach the readers. Pipes still open after that are
+# held by a process that outlived it (in Slicer, PythonSlicer is a launcher that dies on SIGTERM at once while its
+# python-real child finishes the batch); that process is killed and the run ends without its last lines.
+PIPE_DRAIN_SECONDS = 0.5
 
 
 def pythonExecutable() -> str:
     """Slicer's own Python (PythonSlicer, on PATH inside Slicer); outside Slicer the current interpreter."""
     candidates = [shutil.which("PythonSlicer"), shutil.which("PythonSlicer", path=os.path.dirname(sys.executable))]
     return next((c for c in candidates if c), sys.executable)
+
+
+def newProcessGroupOptions() -> dict:
+    """Popen options that put a child in its own process group, so that one signal reaches it and its children."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {"start_new_session": True}  # the group id is the child's pid
+
+
+def killProcessTree(pid: int) -> None:
+    """Kill the process group led by `pid` (POSIX) or the process tree under it (Windows); returns at once."""
+    if os.name == "nt":
+        # Not waited for: a cancel must not block the GUI thread while taskkill walks the tree.
+        subprocess.Popen(["taskkill", "/F", "/T", "/PID", str(pid)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -57,6 +83,7 @@ class RunnerProcess:
         self._lines: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
         self._cancelRequestedAt: Optional[float] = None
+        self._exitedAt: Optional[float] = None
         self._error = ""
         self._warnings: list[str] = []
         self._log: list[str] = []
@@ -64,14 +91,9 @@ class RunnerProcess:
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
     def start(self) -> "RunnerProcess":
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True  # its own process group: one signal reaches the runner and its children
         self.process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+            text=True, encoding="utf-8", errors="replace", bufsize=1, **newProcessGroupOptions())
         for stream, name in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr")):
             reader = threading.Thread(target=self._read, args=(stream, name), daemon=True)
             reader.start()
@@ -97,19 +119,24 @@ class RunnerProcess:
             self._signalGroup(signal.SIGTERM)
 
     def poll(self) -> bool:
-        """Dispatch the queued lines; True once the process has ended and its outcome is known."""
+        """Dispatch the queued lines; True once the process has ended and its outcome is known. Never waits."""
         if self.outcome is not None:
             return True
         self._dispatchQueuedLines()
-        if self.cancelRequested and time.monotonic() - self._cancelRequestedAt > TERMINATE_GRACE_SECONDS:
+        now = time.monotonic()
+        if self._exitedAt is None:
+            if self.cancelRequested and now - self._cancelRequestedAt > TERMINATE_GRACE_SECONDS:
+                self._killTree()
+            if self.process.poll() is None:
+                return False
+            self._exitedAt = now
+            if self.cancelRequested:
+                self._killTree()  # whatever of the group is left (a launcher's child) would only hold the pipes
+        if any(reader.is_alive() for reader in self._readers):
+            if now - self._exitedAt < PIPE_DRAIN_SECONDS:
+                return False  # the last lines are still on their way; the next poll takes them
             self._killTree()
-        if self.process.poll() is None:
-            return False
-        for reader in self._readers:
-            reader.join(timeout=5)  # the pipes close when the process ends; take the last lines too
         self._dispatchQueuedLines()
-        if self.cancelRequested:
-            self._killTree()  # leftovers of the group, if any
         self.outcome = self._makeOutcome(self.process.returncode)
         return True
 
@@ -178,8 +205,4 @@ class RunnerProcess:
             pass
 
     def _killTree(self) -> None:
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
-                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        else:
-            self._signalGroup(signal.SIGKILL)
+        killProcessTree(self.process.pid)
