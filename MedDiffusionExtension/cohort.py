@@ -166,5 +166,6 @@ def _agree_on_failures(shard: Shard, failed: int, total: int, log: Callable[[str
             dist.destroy_process_group()
     failed_everywhere = int(count.item())
     if shard.rank == 0:
-        log(f"cohort: {failed_everywhere} of {total} case(s) failed" if failed_everywhere else f"cohort: all {total} case(s) done")
+        log(f"cohort: {failed_everywhere} of {total} case(s) failed" if failed_everywhere
+            else f"cohort: all {total} case(s) done")
     return failed_everywhere

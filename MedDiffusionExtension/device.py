@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 
 from .errors import InputError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .precision import PRECISIONS
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # cuDNN has bf16 kernels only from Ampere on; below it torch.cuda.is_bf16_supported() still says True (emulation).
 NATIVE_BF16_CAPABILITY = (8, 0)

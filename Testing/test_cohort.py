@@ -41,7 +41,7 @@ def _run_case(out: Path, row: dict) -> None:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     if case == "bad-input":
         raise InputError("volume is 2D")
-    if case == "good-slow":
+    if case == "good-slow" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         time.sleep(2.0)
     _outputs(out, row)[0].write_text(case)
 
@@ -78,7 +78,7 @@ def test_cancellation_stops_the_cohort(tmp_path):
 @pytest.mark.slow
 def test_a_rank_with_failed_cases_lets_the_others_finish_under_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(Path(__file__)), str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good-fast.txt", "good-slow.txt"], done.stderr[-3000:]

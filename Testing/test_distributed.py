@@ -88,7 +88,7 @@ def _same_run_state(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("recipe", sorted(STAGES))
 def test_every_stage_trains_and_resumes_exactly_under_torchrun(recipe, request, tmp_path):
     data_root = request.getfixturevalue("brats_root" if recipe == "cdm" else "btcv_root")
-    _run(_torchrun("--standalone", "--nproc_per_node", "2", str(Path(__file__)), "stages", recipe, str(data_root),
+    _run(_torchrun("--standalone", "--nproc-per-node", "2", str(Path(__file__)), "stages", recipe, str(data_root),
                    str(tmp_path)), timeout=180)
     for stage, _, extra in STAGES[recipe]:
         folder = tmp_path / _stage_name(stage, extra)
@@ -121,7 +121,7 @@ def _train_every_stage(recipe: str, data_root: Path, work: Path) -> None:
 # ---- one cache, written by several processes at once -----------------------------------------------------------
 
 def test_ranks_building_one_cache_at_once_do_not_collide(brats_root, tmp_path):
-    _run(_torchrun("--standalone", "--nproc_per_node", "2", str(Path(__file__)), "cache", str(brats_root),
+    _run(_torchrun("--standalone", "--nproc-per-node", "2", str(Path(__file__)), "cache", str(brats_root),
                    str(tmp_path)))
     for folder in sorted(tmp_path.iterdir()):
         assert len(list(folder.glob("*.npy"))) == 3 and not list(folder.glob(".*")), sorted(folder.iterdir())
@@ -157,7 +157,7 @@ def _train_flags(out_dir: Path, steps: int) -> list[str]:
 def one_node_run(brats_root, tmp_path_factory):
     """README, one node: prepare the cache with every GPU's process, then train (CDM stage 1) with them."""
     work = tmp_path_factory.mktemp("one_node")
-    launch = ["--standalone", "--nproc_per_node", "2"]
+    launch = ["--standalone", "--nproc-per-node", "2"]
     prepared = _run(_torchrun(*launch, "-m", "training", "prepare", *_recipe_flags(brats_root, work / "cache")))
     _run(_torchrun(*launch, "-m", "training", "train", *_recipe_flags(brats_root, work / "cache"),
                    *_train_flags(work / "run", 4)))

@@ -139,7 +139,8 @@ def test_segmentation_widget_enables_its_button_only_with_a_ct_and_a_model(modul
     segmentation = modules[1]
     slicer.mrmlScene.Clear()
     widget, node = make_widget(segmentation.MedDiffusionSegmentationWidget,
-                               segmentation.MedDiffusionSegmentationLogic, ("modelComboBox", "deviceComboBox", "precisionComboBox"))
+                               segmentation.MedDiffusionSegmentationLogic,
+                               ("modelComboBox", "deviceComboBox", "precisionComboBox"))
     card = segmentation.MedDiffusionSegmentationLogic.model(tiny_models["sdseg"])
     assert (f"{card.name} ({card.version})", card.name) in widget.ui.modelComboBox.items
     node.inputVolume = None

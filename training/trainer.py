@@ -70,7 +70,8 @@ class TrainConfig:
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay per update (0: no EMA)"})
     amp: str = field(
         default="auto",
-        metadata={"help": "auto (bf16 on GPUs of compute capability 8.0+, fp16 on older ones, off elsewhere) | off | bf16 | fp16"},
+        metadata={"help": "auto (bf16 on GPUs of compute capability 8.0+, fp16 on older ones, off elsewhere) | off | bf16 "
+                          "| fp16"},
     )
     seed: int = 0
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank"})
@@ -232,7 +233,8 @@ class Trainer:
             state = state if readable else sent
         self.resumed_from = path
         if state["recipe"]["name"] != self.recipe.name:
-            raise InputError(f"{path} was trained with recipe {state['recipe']['name']!r}; pass --recipe {state['recipe']['name']}")
+            trained_with = state["recipe"]["name"]
+            raise InputError(f"{path} was trained with recipe {trained_with!r}; pass --recipe {trained_with}")
         saved = state["recipe"]["config"]
         changed = sorted(k for k in saved if k in self.recipe.config and saved[k] != self.recipe.config[k])
         if changed and self.ctx.is_main:

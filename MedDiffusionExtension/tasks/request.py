@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 from ..errors import InputError
+from ..precision import PRECISIONS
 from ..weights import ModelCard, ModelRegistry
 from .methods import METHODS, Method, method_for
 
 # Exit codes of the CLI and the runner; a cohort with some failed cases ends with EXIT_SOME_FAILED.
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_SOME_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 130
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _whole(name: str, value: Any, minimum: Optional[int]) -> int:

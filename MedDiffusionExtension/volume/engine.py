@@ -37,7 +37,7 @@ class RunOptions:
     def __post_init__(self):
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.precision not in PRECISIONS:
+        if self.precision not in PRECISIONS:  # RunOptions can be built without RunSettings (training, bench)
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
@@ -122,7 +122,8 @@ def run_slicewise(
                     raise
                 release_cached_memory(device)
                 if batch_size == 1:
-                    raise InputError(f"out of memory on {device} even for one slice; free memory or use another --device") from None
+                    raise InputError(
+                        f"out of memory on {device} even for one slice; free memory or use another --device") from None
                 batch_size //= 2  # halve and retry the same slices
                 report(options.progress, start / n_slices, f"out of memory: batch size halved to {batch_size}")
                 continue

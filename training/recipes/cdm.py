@@ -59,7 +59,8 @@ class CDMRecipe(StagedRecipe):
 
     def build_model(self):
         if self.stage == "unet":
-            config = {"image_size": self.architecture["image_size"], "cunet": {**self.architecture["cunet"], "conditioned": False}}
+            config = {"image_size": self.architecture["image_size"],
+                      "cunet": {**self.architecture["cunet"], "conditioned": False}}
             return build_model("cunet", config)
         return load_stage(build_model("cdm", self.architecture), self.config["init"], new_prefixes=(f"{self.stage}.",))
 
