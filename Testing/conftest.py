@@ -49,3 +49,20 @@ def rotation(axis: int, degrees: float) -> np.ndarray:
 @pytest.fixture
 def axial():
     return axial_volume()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A model folder with random-weight micro CDM and SDSeg models (one per test module)."""
+    from tiny_models import write_micro_model
+
+    root = tmp_path_factory.mktemp("models")
+    write_micro_model(root, "cdm")
+    write_micro_model(root, "sdseg")
+    return root
+
+
+@pytest.fixture
+def micro_models_env(models_dir, monkeypatch):
+    """The micro models as the user's model folder (a module opts in with pytestmark)."""
+    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(models_dir))

@@ -33,17 +33,7 @@ from tiny_models import write_micro_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_micro_model(root, "cdm")
-    write_micro_model(root, "sdseg")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _models_env(models_dir, monkeypatch):
-    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(models_dir))
+pytestmark = pytest.mark.usefixtures("micro_models_env")
 
 
 def _brain(shape=(8, 40, 36), seed=0, shift=(0.0, 0.0, 0.0)) -> Volume:
