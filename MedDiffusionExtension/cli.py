@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="writes <target>.nii.gz (and <target>_std.nii.gz when --samples > 1)")
     translate.add_argument("--per-volume-representation", action="store_true",
                            help="CDM: draw one target representation for the whole volume instead of one per slice")
+    translate.add_argument("--register", action="store_true",
+                           help="rigidly register T2 to T1 first (mutual information); the transform is reported and "
+                                "written to registration.json next to the outputs; the input files are not changed")
     _add_run_options(translate, "translation")
 
     segment = commands.add_parser("segment", help="segment a CT volume (SDSeg, single-step latent diffusion)")

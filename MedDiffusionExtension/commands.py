@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +57,48 @@ def _request(args: argparse.Namespace) -> tasks.Request:
         targets = tasks.parse_targets(args.targets)
         if not targets:
             raise InputError("--targets is empty; give one or more of the model's outputs, e.g. t1c,t2f")
-        return tasks.TranslateRequest(targets=targets, per_volume_representation=args.per_volume_representation, **common)
+        return tasks.TranslateRequest(targets=targets, per_volume_representation=args.per_volume_representation,
+                                      register=args.register, **common)
     return tasks.SegmentRequest(threshold=args.threshold, **common)
 
 
+REGISTRATION_FILE = "registration.json"
+
+
+@contextmanager
+def _collecting_registrations():
+    """The RegistrationWarnings raised inside, collected while still shown like every other warning."""
+    from .volume.register import RegistrationWarning
+
+    found, show = [], warnings.showwarning
+
+    def collect(message, *args, **kwargs):
+        if isinstance(message, RegistrationWarning):
+            found.append(message.transform)
+        show(message, *args, **kwargs)
+
+    warnings.showwarning = collect
+    try:
+        yield found
+    finally:
+        warnings.showwarning = show
+
+
 def _run_case(request, loaded, inputs: dict, outputs: dict, args, cancel: CancelToken, label: str) -> list[Path]:
+    """One case; with --register also writes the transforms found (registration.json) next to its outputs."""
     progress = TerminalProgress(label, enabled=not args.quiet)
     try:
-        return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel),
-                             overwrite=args.overwrite, series=args.series)
+        with _collecting_registrations() as transforms:
+            written = tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel),
+                                    overwrite=args.overwrite, series=args.series)
     finally:
         progress.close()
+    if transforms:
+        record = Path(written[0]).parent / REGISTRATION_FILE
+        summary = {"inputs": {n: str(p) for n, p in inputs.items()}, "registrations": [t.as_dict() for t in transforms]}
+        record.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        written.append(record)
+    return written
 
 
 def run_command(args: argparse.Namespace, cancel: CancelToken) -> int:

@@ -4,7 +4,7 @@
 own interface never freezes and a Cancel can end the whole process tree. JOB.json:
 
     {"task": "translate", "model": "cdm-tiny", "inputs": {"t1": "t1.nrrd", "t2": "t2.nrrd"},
-     "outputs": {"t1c": "t1c.nrrd", "t1c_std": "t1c_std.nrrd"}, "targets": ["t1c"],
+     "outputs": {"t1c": "t1c.nrrd", "t1c_std": "t1c_std.nrrd"}, "targets": ["t1c"], "register": false,
      "steps": null, "samples": 2, "seed": 0, "device": "auto", "batch_size": 8, "precision": "auto"}
     {"task": "segment", "model": "sdseg-tiny", "inputs": {"image": "ct.nrrd"},
      "outputs": {"labels": "labels.nrrd", "probability": "probability.nrrd"}, "steps": 1, "samples": 2,
@@ -16,7 +16,8 @@ The outputs must be exactly the request's output names for the model; they are w
 only once the whole result exists. Lines on stdout (one event per line):
 
     PROGRESS <fraction 0..1> <message>      e.g. "PROGRESS 0.250 slice 10/40"
-    WARNING <one line>                      e.g. a second input resampled onto the first one's grid
+    WARNING <one line>                      e.g. a second input resampled onto the first one's grid, an input
+                                            that is not skull-stripped, the transform "register" found
     ERROR <one line>                        bad input (exit code 2) or an unexpected failure (exit code 1)
     CANCELLED                               SIGTERM (or Ctrl+C) arrived; nothing was written (exit code 130)
     DONE                                    every output is in place (exit code 0)

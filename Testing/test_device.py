@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from MedDiffusionExtension import device as devices
 from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
+from MedDiffusionExtension.volume.slices import ModelGrid
 
 from conftest import axial_volume
+
+AS_IS = ModelGrid(None, None)  # slices reach the model as they are
 
 
 class FakeCuda(devices.CudaQueries):
@@ -147,8 +150,8 @@ def test_fp16_inference_that_overflows_is_redone_in_fp32():
     volume = axial_volume(shape=(6, 16, 16))
     inputs = [EngineInput(volume, "x")]
     messages = []
-    reference = run_slicewise(inputs, _loud_model, 1, None, RunOptions(device="cpu", precision="fp32"))
-    half = run_slicewise(inputs, _loud_model, 1, None,
+    reference = run_slicewise(inputs, _loud_model, 1, AS_IS, RunOptions(device="cpu", precision="fp32"))
+    half = run_slicewise(inputs, _loud_model, 1, AS_IS,
                          RunOptions(device="cpu", precision="fp16", progress=lambda f, m: messages.append(m)))
     assert np.isfinite(half).all()
     np.testing.assert_allclose(half, reference, rtol=1e-5)
@@ -163,8 +166,8 @@ def test_inference_runs_under_the_chosen_autocast_dtype():
         return batch.images
     volume = axial_volume(shape=(4, 8, 8))
     for precision in ("fp32", "bf16", "auto"):
-        run_slicewise([EngineInput(volume, "x")], record, 1, None, RunOptions(device="cpu", precision=precision))
-    run_slicewise([EngineInput(volume, "x")], record, 1, None,
+        run_slicewise([EngineInput(volume, "x")], record, 1, AS_IS, RunOptions(device="cpu", precision=precision))
+    run_slicewise([EngineInput(volume, "x")], record, 1, AS_IS,
                   RunOptions(device="cpu", precision="bf16", mixed_precision=False))
     assert seen == [None, torch.bfloat16, None, None]
 

@@ -21,6 +21,7 @@ for path in (ROOT, ROOT / "Testing"):
 from MedDiffusionExtension import device as devices  # noqa: E402
 from MedDiffusionExtension.models import build_model  # noqa: E402
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise  # noqa: E402
+from MedDiffusionExtension.volume.slices import ModelGrid  # noqa: E402
 from conftest import axial_volume  # noqa: E402
 from tiny_models import MICRO_CDM  # noqa: E402
 
@@ -45,7 +46,7 @@ def test_every_precision_gives_the_fp32_result_on_the_gpu():
     inputs = [EngineInput(volume, "t1"), EngineInput(volume, "t2")]
 
     def run(precision):
-        return run_slicewise(inputs, lambda batch: network(batch.images), 2, 32,
+        return run_slicewise(inputs, lambda batch: network(batch.images), 2, ModelGrid(32, None),
                              RunOptions(device="cuda", precision=precision))
     reference = run("fp32")
     precisions = ["auto", "fp16"] + (["bf16"] if devices.has_native_bf16(torch.device("cuda", 0)) else [])

@@ -130,13 +130,14 @@ def test_ranks_building_one_cache_at_once_do_not_collide(brats_root, tmp_path):
 def _build_one_cache_together(data_root: Path, work: Path, rounds: int = 4) -> None:
     import torch.distributed as dist
 
+    from MedDiffusionExtension.volume.slices import ModelGrid
     from training.data import TranslationSlices, read_brats
 
     dist.init_process_group("gloo")
     cases = read_brats(data_root)
     for number in range(rounds):
         dist.barrier()  # start together: the old fixed temporary name made one of the two renames fail
-        dataset = TranslationSlices(cases, 32, work / f"round{number}", min_foreground=0.0)
+        dataset = TranslationSlices(cases, ModelGrid(32, None), work / f"round{number}", min_foreground=0.0)
         assert len(dataset) == 3 * 24
     dist.destroy_process_group()
 

@@ -14,6 +14,7 @@ from MedDiffusionExtension.errors import Cancelled, InputError
 from MedDiffusionExtension.progress import CancelToken
 from MedDiffusionExtension.volume import AxialReorientation, GridMismatchWarning, Volume, ct_window, fit_mri_scaling
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
+from MedDiffusionExtension.volume.slices import ModelGrid
 from MedDiffusionExtension.volume.io import LPS_TO_RAS
 from MedDiffusionExtension.volume.resample import resample_to_grid
 from MedDiffusionExtension.volume.slices import SliceFitter
@@ -21,6 +22,8 @@ from MedDiffusionExtension.volume.slices import SliceFitter
 from conftest import axial_volume, restored, rotation
 
 IDENTITY = lambda batch: batch.images  # noqa: E731
+
+AS_IS = ModelGrid(None, None)  # slices reach the model as they are
 
 
 def _awkward_volumes():
@@ -38,7 +41,7 @@ def _awkward_volumes():
 @pytest.mark.parametrize("model_size", [None, 256])
 def test_identity_round_trip_is_exact(name, model_size):
     volume = _awkward_volumes()[name]
-    out = run_slicewise([EngineInput(volume, "input")], IDENTITY, 1, model_size, RunOptions(batch_size=5))
+    out = run_slicewise([EngineInput(volume, "input")], IDENTITY, 1, ModelGrid(model_size, None), RunOptions(batch_size=5))
     assert out.shape == (1,) + volume.shape
     np.testing.assert_array_equal(out[0], volume.array)
 
@@ -55,8 +58,8 @@ def _in_plane_model(batch):
 def test_storage_order_does_not_change_the_result(name):
     base = axial_volume()
     other = _awkward_volumes()[name]
-    expected = run_slicewise([EngineInput(base, "axial")], _in_plane_model, 1, None, RunOptions(seed=3))[0]
-    got = run_slicewise([EngineInput(other, name)], _in_plane_model, 1, None, RunOptions(seed=3, batch_size=3))[0]
+    expected = run_slicewise([EngineInput(base, "axial")], _in_plane_model, 1, AS_IS, RunOptions(seed=3))[0]
+    got = run_slicewise([EngineInput(other, name)], _in_plane_model, 1, AS_IS, RunOptions(seed=3, batch_size=3))[0]
     # Map the result back to axial storage through the geometry, not through knowledge of how it was permuted.
     to_axial = AxialReorientation.for_volume(other)
     np.testing.assert_allclose(to_axial.apply(got), expected, rtol=0, atol=1e-5)
@@ -105,11 +108,11 @@ def test_secondary_input_on_another_grid_is_resampled_with_a_warning():
     secondary = restored(reference, (2, 0, 1), (False, True, False))  # same voxels, other storage: exact resample
     with pytest.warns(GridMismatchWarning):
         out = run_slicewise([EngineInput(reference, "T1"), EngineInput(secondary, "T2")],
-                            lambda b: b.images[:, 1:2], 1, None, RunOptions())
+                            lambda b: b.images[:, 1:2], 1, AS_IS, RunOptions())
     np.testing.assert_allclose(out[0], reference.array, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same grid: no warning
-        run_slicewise([EngineInput(reference, "T1"), EngineInput(reference, "T2")], IDENTITY, 2, None, RunOptions())
+        run_slicewise([EngineInput(reference, "T1"), EngineInput(reference, "T2")], IDENTITY, 2, AS_IS, RunOptions())
 
 
 def test_normalization_is_invertible_and_robust():
@@ -129,7 +132,7 @@ def test_normalization_is_invertible_and_robust():
 def test_normalized_run_round_trips_within_float_precision(axial):
     scaling = fit_mri_scaling(axial.array - axial.array.min(), clip=False)
     shifted = axial.with_array(axial.array - axial.array.min())
-    out = run_slicewise([EngineInput(shifted, "T1", scaling)], IDENTITY, 1, 64, RunOptions())
+    out = run_slicewise([EngineInput(shifted, "T1", scaling)], IDENTITY, 1, ModelGrid(64, None), RunOptions())
     np.testing.assert_allclose(scaling.inverse(out[0]), shifted.array, rtol=1e-5, atol=1e-4)
 
 
@@ -144,9 +147,9 @@ def test_padding_uses_each_inputs_background_and_resizing_keeps_aspect():
 
 def test_seeded_noise_is_deterministic_per_slice_and_independent_of_batch_size(axial):
     noisy = lambda b: b.images + b.randn(1, *b.images.shape[2:])  # noqa: E731
-    first = run_slicewise([EngineInput(axial, "x")], noisy, 1, None, RunOptions(seed=7, batch_size=4))
-    again = run_slicewise([EngineInput(axial, "x")], noisy, 1, None, RunOptions(seed=7, batch_size=5))
-    other = run_slicewise([EngineInput(axial, "x")], noisy, 1, None, RunOptions(seed=8, batch_size=4))
+    first = run_slicewise([EngineInput(axial, "x")], noisy, 1, AS_IS, RunOptions(seed=7, batch_size=4))
+    again = run_slicewise([EngineInput(axial, "x")], noisy, 1, AS_IS, RunOptions(seed=7, batch_size=5))
+    other = run_slicewise([EngineInput(axial, "x")], noisy, 1, AS_IS, RunOptions(seed=8, batch_size=4))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
     noise = first[0] - axial.array
@@ -162,7 +165,7 @@ def test_cancellation_between_batches_raises_and_reports_progress(axial):
             token.cancel()
 
     with pytest.raises(Cancelled):
-        run_slicewise([EngineInput(axial, "x")], IDENTITY, 1, None, RunOptions(batch_size=4, progress=progress, cancel=token))
+        run_slicewise([EngineInput(axial, "x")], IDENTITY, 1, AS_IS, RunOptions(batch_size=4, progress=progress, cancel=token))
     assert seen == ["slice 0/12", "slice 4/12"]
 
 
@@ -172,12 +175,12 @@ def test_cancellation_between_batches_raises_and_reports_progress(axial):
 ])
 def test_engine_refuses_unusable_volumes(array, message):
     with pytest.raises(InputError, match=message):
-        run_slicewise([EngineInput(Volume(array, np.eye(4)), "x")], IDENTITY, 1, None, RunOptions())
+        run_slicewise([EngineInput(Volume(array, np.eye(4)), "x")], IDENTITY, 1, AS_IS, RunOptions())
 
 
 def test_wrong_channel_count_from_a_model_is_an_error(axial):
     with pytest.raises(RuntimeError, match="channels"):
-        run_slicewise([EngineInput(axial, "x")], IDENTITY, 2, None, RunOptions())
+        run_slicewise([EngineInput(axial, "x")], IDENTITY, 2, AS_IS, RunOptions())
 
 
 def test_out_of_memory_halves_the_batch_and_retries_the_same_slices(axial):
@@ -189,7 +192,7 @@ def test_out_of_memory_halves_the_batch_and_retries_the_same_slices(axial):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return batch.images
 
-    out = run_slicewise([EngineInput(axial, "x")], hungry, 1, None, RunOptions(batch_size=8))
+    out = run_slicewise([EngineInput(axial, "x")], hungry, 1, AS_IS, RunOptions(batch_size=8))
     np.testing.assert_array_equal(out[0], axial.array)
     assert sizes[:3] == [8, 4, 2] and set(sizes[2:]) == {2}
 
@@ -199,4 +202,4 @@ def test_out_of_memory_with_one_slice_is_a_clear_error(axial):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(InputError, match="out of memory"):
-        run_slicewise([EngineInput(axial, "x")], hopeless, 1, None, RunOptions(batch_size=2))
+        run_slicewise([EngineInput(axial, "x")], hopeless, 1, AS_IS, RunOptions(batch_size=2))

@@ -31,16 +31,16 @@ def test_translation_evaluation_writes_tables_and_figure_and_the_card_gets_its_o
     assert training_main(["evaluate", "translation", "--data-root", str(data), "--split", "all", "--model",
                           "cdm-micro-test", "--compare", "cdm-micro-test-ablation", "--out", str(out),
                           "--samples", "2", "--device", "cpu", "--update-card"]) == 0
-    report = (out / "README.md").read_text()
+    report = (out / "README.md").read_text(encoding="utf-8")
     for heading in ("Table 1 analogue", "Whole-volume (3D)", "Table 4 analogue", "Inter-slice consistency"):
         assert heading in report
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     methods = [row[0] for row in results["table1"]]
     assert methods == ["Copy source (T1→T1c, T2→T2f)", "cdm-micro-test-ablation (3 steps)",
                        "C-UNet + ground-truth representation (upper bound)", "cdm-micro-test (3 steps)"]
     own, ablation = results["table1"][3], results["table1"][1]
     assert own[7] != ablation[7]  # different weights, different scores
-    card = json.loads((models / "cdm-micro-test" / "card.json").read_text())
+    card = json.loads((models / "cdm-micro-test" / "card.json").read_text(encoding="utf-8"))
     assert card["metrics"]["average"]["psnr"] == own[7] and card["metrics"]["t1c"]["ssim"] == own[2]
     assert [row[0] for row in results["table4"]] == [3, 10, 20, 30, 40]  # the card's 3 steps plus the paper's sweep
     assert all(0 < row[2] <= 1 for row in results["table1"])  # SSIM in range
@@ -62,27 +62,27 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     out = tmp_path / "eval"
     assert training_main(["evaluate", "segmentation", "--data-root", str(data), "--split", "all", "--model",
                           "sdseg-micro-test", "--out", str(out), "--samples", "2", "--device", "cpu", "--update-card"]) == 0
-    report = (out / "README.md").read_text()
+    report = (out / "README.md").read_text(encoding="utf-8")
     assert "Table 4 analogue" in report and "Table 5 analogue" in report
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [row[0] for row in results["rows"]][:2] == ["SDSeg single step", "SDSeg 10-step DDIM"]
     assert results["ddim10_over_single_step"] > 0  # a timing: reported, never asserted against another timing
-    card = json.loads((models / "sdseg-micro-test" / "card.json").read_text())
+    card = json.loads((models / "sdseg-micro-test" / "card.json").read_text(encoding="utf-8"))
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1
     assert (out / "case.png").is_file()
 
 
 def test_bundled_cards_carry_the_numbers_of_their_evaluation_reports():
     root = Path(__file__).resolve().parents[1]
-    cdm = json.loads((root / "Resources/Models/cdm-tiny-phantom/card.json").read_text())
-    report = json.loads((root / "docs/evaluation/cdm/results.json").read_text())
+    cdm = json.loads((root / "Resources/Models/cdm-tiny-phantom/card.json").read_text(encoding="utf-8"))
+    report = json.loads((root / "docs/evaluation/cdm/results.json").read_text(encoding="utf-8"))
     row = next(r for r in report["table1"] if r[0] == f"{cdm['name']} ({cdm['sampling']['steps']} steps)")
     metrics = cdm["metrics"]
     assert metrics["measured_on"].startswith(f"{len(report['cases'])} held-out")
     assert [metrics[t][k] for t in ("t1c", "t2f", "average") for k in ("psnr", "ssim", "mae")] == row[1:]
 
-    sdseg = json.loads((root / "Resources/Models/sdseg-tiny-phantom/card.json").read_text())
-    report = json.loads((root / "docs/evaluation/sdseg/results.json").read_text())
+    sdseg = json.loads((root / "Resources/Models/sdseg-tiny-phantom/card.json").read_text(encoding="utf-8"))
+    report = json.loads((root / "docs/evaluation/sdseg/results.json").read_text(encoding="utf-8"))
     single = next(r for r in report["rows"] if r[0] == "SDSeg single step")
     metrics = sdseg["metrics"]
     assert metrics["measured_on"].startswith(f"{len(report['cases'])} held-out")

@@ -77,6 +77,9 @@ def test_bad_requests_are_refused_before_anything_runs(module, scene, tiny_model
 def test_parameter_node_declares_validated_fields(module, scene):
     node = module.MedDiffusionTranslationLogic().getParameterNode()
     assert (node.method, node.targets, node.steps, node.samples, node.device) == ("cdm", "t1c", 0, 1, "auto")
+    assert node.registerT2 is False  # "Register T2 to T1" starts unticked
+    node.registerT2 = True
+    assert node.parameterNode.GetParameter("registerT2") == "true"
     node.samples = 4
     assert node.parameterNode.GetParameter("samples") == "4"
     with pytest.raises(ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 import time
 import weakref
@@ -110,6 +111,8 @@ def test_translation_widget_runs_in_the_background_and_cancels(modules, tiny_mod
     assert "License:" in widget.ui.modelInfoLabel.text
     node.t1Volume, node.t2Volume = t1, t2
     node.modelName, node.device, node.steps = tiny_models["cdm"], "cpu", 1
+    assert node.registerT2 is False and widget.ui.registerCheckBox.enabled  # the model takes a T2
+    node.registerT2 = True  # what ticking "Register T2 to T1" does (the .ui binds the checkbox to this field)
     widget.ui.targetComboBox.setCurrentIndex(2)
     widget.onTargetChanged(2)
     assert node.targets == "t1c,t2f"
@@ -121,7 +124,14 @@ def test_translation_widget_runs_in_the_background_and_cancels(modules, tiny_mod
     finish(widget.logic.activeJob or pytest.fail("no job"))
     assert widget.ui.applyButton.text == "Synthesize T1c + FLAIR"
     assert widget.ui.statusLabel.text.startswith("Created: ") and "synthetic FLAIR (CDM)" in widget.ui.statusLabel.text
+    # The registration's transform is shown under the result and kept with the outputs' settings.
+    assert "\nNote: registered T2 to T1 (rigid): rotation R " in widget.ui.statusLabel.text
     assert slicer.mrmlScene.GetNumberOfNodes() > count
+    from MedDiffusionLib import scene
+
+    created = [slicer.mrmlScene.GetNthNode(i) for i in range(count, slicer.mrmlScene.GetNumberOfNodes())]
+    settings = [json.loads(n.GetAttribute(scene.SETTINGS)) for n in created if n.GetAttribute(scene.SETTINGS)]
+    assert settings and all(s["register"] is True and s["warnings"][0].startswith("registered T2 to T1") for s in settings)
 
     count = slicer.mrmlScene.GetNumberOfNodes()
     widget.onApplyButton()

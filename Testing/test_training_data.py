@@ -13,6 +13,7 @@ import torch
 from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
+from MedDiffusionExtension.volume.slices import ModelGrid
 from MedDiffusionExtension.volume.normalize import fit_mri_scaling
 from training.data import (Case, SegmentationSlices, TranslationSlices, btcv_split, read_brats, read_btcv, read_ixi,
                            read_upenn_gbm, split_by_volume)
@@ -88,7 +89,7 @@ def test_splits_follow_the_papers():
 
 def test_translation_slices_match_what_inference_feeds_the_model(brats_root, tmp_path):
     case = read_brats(brats_root)[0]
-    dataset = TranslationSlices([case], image_size=32, cache_dir=tmp_path, min_foreground=0.0)
+    dataset = TranslationSlices([case], grid=ModelGrid(32, None), cache_dir=tmp_path, min_foreground=0.0)
     volumes = [read_volume(case.paths[m]) for m in ("t1n", "t2w", "t1c", "t2f")]
     seen = {}
 
@@ -97,7 +98,7 @@ def test_translation_slices_match_what_inference_feeds_the_model(brats_root, tmp
             seen[index] = image.clone()
         return batch.images[:, :1]
 
-    run_slicewise([EngineInput(v, "x", fit_mri_scaling(v.array)) for v in volumes], capture, 1, 32, RunOptions())
+    run_slicewise([EngineInput(v, "x", fit_mri_scaling(v.array)) for v in volumes], capture, 1, ModelGrid(32, None), RunOptions())
     assert len(dataset) == len(seen) == SMALL_BRAIN[2]
     for item in (0, 10, 20):
         sample = dataset[item]
@@ -106,7 +107,7 @@ def test_translation_slices_match_what_inference_feeds_the_model(brats_root, tmp
 
 def test_slice_cache_is_reused_and_skips_empty_slices(brats_root, tmp_path, monkeypatch):
     cases = read_brats(brats_root)[:2]
-    first = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+    first = TranslationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 2
     assert 0 < len(first) < 2 * SMALL_BRAIN[2]  # slices above and below the brain are skipped
 
@@ -114,19 +115,19 @@ def test_slice_cache_is_reused_and_skips_empty_slices(brats_root, tmp_path, monk
         raise AssertionError("NIfTI decoded again despite the cache")
 
     monkeypatch.setattr(slices_module, "read_volume", no_decoding)
-    second = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+    second = TranslationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)
     assert len(second) == len(first)
     torch.testing.assert_close(second[5]["targets"], first[5]["targets"])
 
 
 def test_segmentation_slices_merge_organs_and_keep_labels_exact(btcv_root, tmp_path):
     cases = read_btcv(btcv_root)
-    dataset = SegmentationSlices(cases, image_size=32, cache_dir=tmp_path)
+    dataset = SegmentationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)
     masks = torch.stack([dataset[i]["mask"] for i in range(len(dataset))])
     assert set(masks.unique().tolist()) == {0.0, 1.0} and masks.mean() > 0.02
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     assert images.min() >= -1 and images.max() <= 1
-    liver = SegmentationSlices(cases, image_size=32, cache_dir=tmp_path, labels=[6])
+    liver = SegmentationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path, labels=[6])
     liver_masks = torch.stack([liver[i]["mask"] for i in range(len(liver))])
     assert 0 < liver_masks.sum() < masks.sum()
 
@@ -137,13 +138,13 @@ def test_a_share_prepares_only_its_cases_and_the_rest_fill_in(brats_root, tmp_pa
     read = slices_module.read_volume
     monkeypatch.setattr(slices_module, "read_volume", lambda path: decoded.append(path) or read(path))
     with slices_module.preparing_share(1, 2) as share:
-        empty = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+        empty = TranslationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)
     assert len(empty) == 0 and share.prepared == [cases[1].case_id] and share.cached == []
     assert len(decoded) == 4 and len(list(tmp_path.glob("*.npy"))) == 1
-    full = TranslationSlices(cases, image_size=32, cache_dir=tmp_path)  # prepares the two other cases only
+    full = TranslationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)  # prepares the two other cases only
     assert len(decoded) == 12 and len(list(tmp_path.glob("*.npy"))) == 3 and len(full) > 0
     with slices_module.preparing_share(0, 2) as share:
-        TranslationSlices(cases, image_size=32, cache_dir=tmp_path)
+        TranslationSlices(cases, grid=ModelGrid(32, None), cache_dir=tmp_path)
     assert share.prepared == [] and share.cached == [cases[0].case_id, cases[2].case_id]
 
 
@@ -154,7 +155,7 @@ def test_a_failed_cache_write_leaves_no_file_behind(brats_root, tmp_path, monkey
 
     monkeypatch.setattr(slices_module.np, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        TranslationSlices(read_brats(brats_root)[:1], image_size=32, cache_dir=tmp_path)
+        TranslationSlices(read_brats(brats_root)[:1], grid=ModelGrid(32, None), cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -39,11 +39,14 @@ def _randomize(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_micro_model(root: Path, method: str, name: str | None = None, seed: int = 0, sampling_steps: int | None = None) -> Path:
+    # Micro fields of view (32 pixels of 4 / 8 mm) that the small test volumes fill in one or a few windows.
     if method == "cdm":
         recipe = build_recipe("cdm", {"stage": "cunet", "architecture": MICRO_CDM, "name": name or "cdm-micro-test",
+                                      "spacing_mm": 4.0,
                                       **({"sampling_steps": sampling_steps} if sampling_steps else {"sampling_steps": 3})})
     elif method == "sdseg":
-        recipe = build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "name": name or "sdseg-micro-test"})
+        recipe = build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "name": name or "sdseg-micro-test",
+                                        "spacing_mm": 8.0})
     else:
         raise ValueError(method)
     card = recipe.export_card()

@@ -124,7 +124,7 @@ def _run_export(args: argparse.Namespace) -> int:
     extra = None
     if args.card:
         try:
-            extra = json.loads(Path(args.card).read_text())
+            extra = json.loads(Path(args.card).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read card fields from {args.card}: {exc}") from None
     folder = export(args.checkpoint, args.out, use_ema=not args.raw_weights, extra_card=extra, name=args.name, dtype=args.dtype)

@@ -366,6 +366,8 @@ class Trainer:
             if self._iterator is None:
                 self.sampler.set_position(self.epoch, self.batches_in_epoch * self.config.batch_size)
                 self.loader_generator.manual_seed(_stream_seed(self.config.seed, self.ctx.rank, 3, self.epoch))
+                # Augmented datasets draw per (item, epoch): a resumed run repeats no earlier epoch's draws.
+                getattr(self.loader.dataset, "set_epoch", lambda epoch: None)(self.epoch)
                 self._iterator = iter(self.loader)
             try:
                 batch = next(self._iterator)

@@ -8,7 +8,8 @@ from ..diffusion import DDIMSampler, NoiseSchedule
 from ..errors import InputError
 from ..models import build_model
 from ..weights import LoadedModel
-from ..weights.card import Sampling
+from ..volume.slices import ModelGrid
+from ..weights.card import ModelCard, Sampling
 
 
 def build_network(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:
@@ -30,3 +31,9 @@ def make_sampler(sampling: Sampling, steps: int | None) -> DDIMSampler:
     return DDIMSampler(noise, steps, eta=sampling.eta, timestep_spacing=sampling.timestep_spacing,
                        steps_offset=sampling.steps_offset, clip_sample=sampling.clip_sample,
                        set_alpha_to_one=sampling.set_alpha_to_one)
+
+
+def model_grid(card: ModelCard) -> ModelGrid:
+    """The card's field of view: its slice size and the in-plane spacing it was trained at."""
+    geometry = card.geometry
+    return ModelGrid(card.image_size, geometry.in_plane_spacing_mm, geometry.window_overlap)

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..volume import Volume, scaling_from_card, validate_volume
-from ..volume.engine import EngineInput, RunOptions, SliceBatch, run_slicewise
+from ..volume import Volume, validate_volume
+from ..volume.engine import EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
 from ..weights import LoadedModel
-from .common import build_network, make_sampler
+from .common import build_network, make_sampler, model_grid
 from .registry import build_slice_model, slice_model
 
 
@@ -36,9 +36,10 @@ def segment(
     card = loaded.card
     validate_volume(image, "CT")
     network = build_network(loaded, resolve_device(options.device))
-    scaling = scaling_from_card(card.normalization, image.array)
+    grid = model_grid(card)
+    scaling = fit_scaling(card.normalization, image, grid)
     model = build_slice_model(network, card, steps=steps, samples=samples)
-    probability = run_slicewise([EngineInput(image, "CT", scaling)], model, 1, card.image_size, options)[0]
+    probability = run_slicewise([EngineInput(image, "CT", scaling)], model, 1, grid, options)[0]
     # A binary model has one foreground class: the card's first (and only) segment gives its label value.
     labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
     return SegmentationResult(image.with_array(labels), image.with_array(probability) if samples > 1 else None)

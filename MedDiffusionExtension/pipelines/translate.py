@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 
 from ..device import resolve_device
-from ..volume import Volume, scaling_from_card, validate_volume
-from ..volume.engine import EngineInput, RunOptions, SliceBatch, run_slicewise
+from ..volume import Volume, validate_volume
+from ..volume.engine import EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
 from ..weights import LoadedModel
-from .common import build_network, make_sampler
+from .common import build_network, make_sampler, model_grid
 from .registry import build_slice_model, slice_model
 
 
@@ -35,12 +35,15 @@ def translate(
         validate_volume(volume, name.upper())
     network = build_network(loaded, resolve_device(options.device))
     channels = [card.output_names.index(t) for t in targets]
-    engine_inputs = [EngineInput(v, n.upper(), scaling_from_card(card.normalization, v.array))
+    grid = model_grid(card)
+    engine_inputs = [EngineInput(v, n.upper(), fit_scaling(card.normalization, v, grid))
                      for v, n in zip(inputs, card.input_names)]
     model = build_slice_model(network, card, steps=steps, samples=samples, channels=channels,
                               per_volume_representation=per_volume_representation)
     out_channels = len(targets) * (2 if samples > 1 else 1)
-    result = run_slicewise(engine_inputs, model, out_channels, card.image_size, options)
+    # Where no window was needed (nothing but background), a synthesis is background (-1) and its spread 0.
+    background = [-1.0] * len(targets) + [0.0] * (out_channels - len(targets))
+    result = run_slicewise(engine_inputs, model, out_channels, grid, options, background)
     reference, scale = inputs[0], card.output_range
     volumes = {target: reference.with_array(scale.from_model(result[i])) for i, target in enumerate(targets)}
     if samples > 1:

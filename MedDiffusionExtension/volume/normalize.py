@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InputError
 
@@ -50,8 +51,16 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
 
 
 def fit_mri_scaling(array: np.ndarray, lower: float = 0.5, upper: float = 99.5, clip: bool = True) -> IntensityScaling:
-    """Percentiles of the foreground voxels map to -1 and 1."""
+    """Percentiles of the foreground voxels map to -1 and 1.
+
+    The foreground's outer rim (one voxel in-plane) is left out: its voxels mix tissue and background in proportions
+    that depend on the scanner's matrix and interpolation, and a low percentile taken over them moved by a quarter
+    of the intensity range between two grids of one phantom (185 vs 64); without the rim, by 5 %.
+    """
     mask = foreground_mask(array)
+    inner = ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3), bool)) if mask.ndim == 3 else mask
+    if inner.sum() >= 100:
+        mask = inner
     if mask.sum() < 100:
         raise InputError("the MRI volume has almost no foreground (fewer than 100 voxels above background); check the input")
     low, high = np.percentile(array[mask], [lower, upper])

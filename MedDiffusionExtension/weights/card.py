@@ -28,6 +28,10 @@ NORMALIZATIONS = ("mri_percentile", "ct_window", "none")  # none: voxel values r
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+# Cards written before the `geometry` field: the pixel spacing their slices reached the model at, derived from the
+# phantom datasets they were trained on (the old engine shrank slices larger than the model to its size):
+# BraTS-style MRI 240 mm at 1 mm, BTCV-style CT 409.6 mm at 0.8 mm (512 x 512). A 128-pixel MRI model: 1.875 mm.
+LEGACY_TRAINING_FIELDS = {"mri_percentile": (240.0, 1.0), "ct_window": (409.6, 0.8)}
 # A card that names no segment gets one generic segment (label 1) in this colour.
 DEFAULT_SEGMENT_COLOR = (0.9, 0.4, 0.3)
 
@@ -159,6 +163,80 @@ def _names(data: Any, where: str, key: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """The voxel geometry a model was trained at: slices are resampled in-plane to `in_plane_spacing_mm` before
+    they reach it (None: the legacy fit by matrix size, tests only); `slice_thickness_mm` is the range of slice
+    thicknesses it saw (informative: the engine works slice by slice); `window_overlap` between tiles."""
+
+    in_plane_spacing_mm: Optional[float]
+    slice_thickness_mm: Optional[tuple[float, float]] = None
+    window_overlap: float = 0.5  # nnU-Net's; at 0.25 the floored Gaussian weights of window corners let edge effects through
+    derived: bool = False  # True: the card predates the field and the spacing was derived (LEGACY_TRAINING_FIELDS)
+
+    @classmethod
+    def parse(cls, data: Any, where: str, normalization: "Normalization", image_size: Optional[int]) -> "Geometry":
+        if data is None:
+            return cls.legacy_default(normalization, image_size)
+        _field(where, "geometry", data, dict)
+        spacing = data.get("in_plane_spacing_mm")
+        if spacing is not None:
+            spacing = _field(where, "geometry.in_plane_spacing_mm", spacing, float, positive=True)
+        thickness = data.get("slice_thickness_mm")
+        if thickness is not None:
+            valid = (isinstance(thickness, (list, tuple)) and len(thickness) == 2
+                     and all(isinstance(v, (int, float)) and v > 0 for v in thickness) and thickness[0] <= thickness[1])
+            if not valid:
+                raise CardError(f"model card {where}: geometry.slice_thickness_mm must be [min, max] mm, got {thickness!r}")
+            thickness = (float(thickness[0]), float(thickness[1]))
+        overlap = _field(where, "geometry.window_overlap", data.get("window_overlap", 0.5), float)
+        if not 0.0 <= overlap < 1.0:
+            raise CardError(f"model card {where}: geometry.window_overlap must be in [0, 1), got {overlap}")
+        return cls(spacing, thickness, overlap)
+
+    @classmethod
+    def legacy_default(cls, normalization: "Normalization", image_size: Optional[int]) -> "Geometry":
+        if image_size is None or normalization.kind not in LEGACY_TRAINING_FIELDS:
+            return cls(None, derived=True)
+        field_mm, native_mm = LEGACY_TRAINING_FIELDS[normalization.kind]
+        return cls(round(max(native_mm, field_mm / image_size), 4), derived=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        thickness = None if self.slice_thickness_mm is None else list(self.slice_thickness_mm)
+        return {"in_plane_spacing_mm": self.in_plane_spacing_mm, "slice_thickness_mm": thickness,
+                "window_overlap": self.window_overlap}
+
+
+@dataclass(frozen=True)
+class InputRequirements:
+    """How the inputs must be prepared to look like the training data: skull-stripped (brain only, zero background,
+    as BraTS) and co-registered (the inputs of one case aligned in patient space), with a sentence for people.
+
+    Cards without the field: translation models were trained on BraTS-style data (stripped and co-registered),
+    segmentation models on whole CT (neither applies)."""
+
+    skull_stripped: bool = False
+    co_registered: bool = False
+    note: str = ""
+
+    @classmethod
+    def default_for(cls, task: str) -> "InputRequirements":
+        if task == "translation":
+            return cls(True, True, "skull-stripped brain MRI, inputs co-registered (BraTS-style)")
+        return cls()
+
+    @classmethod
+    def parse(cls, data: Any, where: str, task: str) -> "InputRequirements":
+        default = cls.default_for(task)
+        if data is None:
+            return default
+        _field(where, "input_requirements", data, dict)
+        return cls(
+            _field(where, "input_requirements.skull_stripped", data.get("skull_stripped", default.skull_stripped), bool),
+            _field(where, "input_requirements.co_registered", data.get("co_registered", default.co_registered), bool),
+            _field(where, "input_requirements.note", data.get("note", default.note), str))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A validated card, its typed parts, and the folder it was read from."""
 
@@ -171,6 +249,8 @@ class ModelCard:
     segments: tuple[Segment, ...]  # segmentation cards: one per foreground class; () for translation
     output_range: OutputRange
     image_size: Optional[int]
+    geometry: Geometry
+    input_requirements: InputRequirements = InputRequirements()
 
     @property
     def name(self) -> str:
@@ -234,8 +314,11 @@ def parse_card(data: Any, directory: Path, where: Optional[str] = None) -> Model
             raise CardError(f"model card {where}: two segments share a label value")
     # Diffusion models need a sampler; the plain UNet baselines ("cunet", "segunet") have none.
     sampling = Sampling.parse(data["sampling"], where) if "sampling" in data else None
-    return ModelCard(data, Path(directory), _names(data["inputs"], where, "inputs"), outputs,
-                     Normalization.parse(data["normalization"], where), sampling, segments, OutputRange(), image_size)
+    normalization = Normalization.parse(data["normalization"], where)
+    geometry = Geometry.parse(data.get("geometry"), where, normalization, image_size)
+    return ModelCard(data, Path(directory), _names(data["inputs"], where, "inputs"), outputs, normalization, sampling,
+                     segments, OutputRange(), image_size, geometry,
+                     input_requirements=InputRequirements.parse(data.get("input_requirements"), where, data["task"]))
 
 
 def read_card(directory: Path) -> ModelCard:

@@ -73,7 +73,7 @@ def save_model(directory: Path, tensors: dict[str, torch.Tensor], card: dict[str
         save_file(contiguous, str(staging / WEIGHTS_FILE), metadata={"name": str(card.get("name", ""))})
         card = dict(card, weights=WEIGHTS_FILE, sha256=sha256_of(staging / WEIGHTS_FILE))
         validate_card(card, staging / CARD_FILE)
-        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         # mkdtemp makes a private 0700 folder; a model folder gets ordinary permissions (shared model stores).
         umask = os.umask(0)
         os.umask(umask)

@@ -46,8 +46,10 @@ class MedDiffusionTranslation(ScriptedLoadableModule):  # noqa: F405
             "Synthesizes missing MRI contrasts (post-contrast T1, T2-FLAIR) from a native T1 and a T2 volume with "
             "a diffusion model (CDM, Cross-conditioned Diffusion Model). Outputs are new volumes with exactly the "
             "T1's geometry, named and marked as synthetic. With more than one sample, the per-voxel standard "
-            "deviation across samples is added as an uncertainty map. Synthetic images are not acquired scans "
-            "and are not for diagnosis.")
+            "deviation across samples is added as an uncertainty map. Inputs should be prepared like the model's "
+            "training data (skull-stripped); an input that shows a skull is warned about in the status. 'Register "
+            "T2 to T1' first aligns a T2 that moved. Synthetic images are not acquired scans and are not for "
+            "diagnosis.")
         self.parent.acknowledgementText = _(
             "Method: Xing et al., Cross-conditioned Diffusion Model for Medical Image to Image Translation, "
             "MICCAI 2024. The bundled models are small models trained on synthetic phantoms.")
@@ -70,6 +72,7 @@ class MedDiffusionTranslationParameterNode:
     """
     t1Volume - native T1: the reference grid of every output.
     t2Volume - T2 (resampled onto the T1 grid when the grids differ).
+    registerT2 - rigidly register the T2 to the T1 before the synthesis (the transform is reported in the status).
     method - method key of the model card ("cdm").
     modelName - installed model; empty: the method's default model.
     targets - comma-separated model outputs to synthesize, e.g. "t1c" or "t1c,t2f"; empty: all of them.
@@ -83,6 +86,7 @@ class MedDiffusionTranslationParameterNode:
 
     t1Volume: vtkMRMLScalarVolumeNode
     t2Volume: vtkMRMLScalarVolumeNode
+    registerT2: bool = False
     method: str = "cdm"
     modelName: str = ""
     targets: str = "t1c"
@@ -148,6 +152,7 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         node.targets = self.ui.targetComboBox.currentData or ""
         self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No model installed.")
         self.ui.t2Selector.enabled = card is None or "t2" in catalog.tasks().METHODS[card.method].inputs
+        self.ui.registerCheckBox.enabled = self.ui.t2Selector.enabled
         self.fillDeviceCombo(node)
 
     def onMethodChanged(self, index) -> None:
@@ -176,8 +181,8 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         self.runOrCancel(_("Failed to start the synthesis."), lambda: self.logic.process(
             node.t1Volume, node.t2Volume, targets=[t for t in node.targets.split(",") if t],
             modelName=node.modelName, method=node.method, steps=node.steps, samples=node.samples,
-            seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision, wait=False,
-            onProgress=self.onProgress, onFinished=self.onFinished))
+            seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision,
+            register=node.registerT2, wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
 
 
 #
@@ -207,8 +212,10 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
 
     def process(self, t1Volume, t2Volume=None, targets=None, modelName: str = "", method: str = "cdm",
                 steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 8,
-                precision: str = "auto", wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
+                precision: str = "auto", register: bool = False, wait: bool = True, onProgress=None, onFinished=None,
+                show: bool = True):
         """Synthesize `targets` (model output names such as "t1c", "t2f"; default: all the model's outputs).
+        register=True first registers the T2 rigidly to the T1 (in the runner; the T2 node is not changed).
 
         wait=True returns {target: node, target + "_std": node (samples > 1)} and raises InputError (bad input),
         Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the scene
@@ -216,6 +223,7 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
         """
         taskLayer = catalog.tasks()
         request = taskLayer.TranslateRequest(model=modelName, method=method, targets=tuple(targets or ()),
+                                             register=bool(register),
                                              settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
         card = request.card()
         inputs = scene.checkInputs({"t1": t1Volume, "t2": t2Volume}, request.input_names(card), catalog.targetLabel)
@@ -223,9 +231,13 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
         targets = request.chosen_targets(card)
         provenance = dict(request.to_job(), model=card.name)
         sources = list(inputs.values())
-        job = BackgroundJob(request.COMMAND, inputs, outputNames, request.to_job(card), onProgress=onProgress)
+        warnings = []  # the runner's: e.g. the registration's transform, an input that is not skull-stripped
+        job = BackgroundJob(request.COMMAND, inputs, outputNames, request.to_job(card), onProgress=onProgress,
+                            onWarning=warnings.append)
 
         def buildOutputs(files):
+            if warnings:
+                provenance["warnings"] = list(warnings)
             # Read and check every file before the first node enters the scene.
             nodes = {name: exchange.readVolumeOnGrid(path, t1Volume) for name, path in files.items()}
             for name, node in nodes.items():

@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import Dataset
 
 from MedDiffusionExtension.volume import read_volume
-from MedDiffusionExtension.volume.engine import EngineInput, prepare_axial
-from MedDiffusionExtension.volume.normalize import scaling_from_card
-from MedDiffusionExtension.volume.slices import SliceFitter
+from MedDiffusionExtension.volume.engine import EngineInput, axial_pixel_spacing, fit_scaling, prepare_axial
+from MedDiffusionExtension.volume.slices import ModelGrid, SliceFitter, SliceWindows
 
+from .augment import AugmentedItems
 from .layouts import Case
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: slices resampled to the model spacing (ModelGrid), labels by one-hot resampling
 
 
 def _fingerprint(case: Case, keys: Sequence[str], settings: dict) -> str:
@@ -87,17 +87,19 @@ class CachedSlices(Dataset):
     """All axial slices of the cases with the given channels, (C, S, S) float32 each, from a disk cache.
 
     channels: modality keys of Case.paths, the first being the reference grid. scalings: one per channel (a
-    normalization dict as in model cards, or None for label maps, which are resampled with nearest neighbour and
-    resized by area then thresholded). keep: optional predicate on a prepared slice deciding if it is used.
+    normalization dict as in model cards, or None for label maps). grid: the model's field of view; slices are
+    resampled to its spacing as the engine does at inference and cut to one S x S window centred on their content
+    (the engine would tile a larger slice). Label maps are resampled per label (one-hot, anti-aliased) and take the
+    most likely label, never interpolated as numbers. keep: optional predicate on a prepared slice.
     """
 
     def __init__(self, cases: Sequence[Case], channels: Sequence[str], normalizations: Sequence[dict | None],
-                 image_size: int | None, cache_dir: Path, fills: Sequence[float] | None = None,
+                 grid: ModelGrid, cache_dir: Path, fills: Sequence[float] | None = None,
                  keep: Callable[[np.ndarray], bool] | None = None):
         self.channels = list(channels)
         self.fills = list(fills) if fills is not None else [-1.0 if n else 0.0 for n in normalizations]
-        settings = {"channels": self.channels, "normalizations": list(normalizations), "image_size": image_size,
-                    "fills": self.fills}
+        settings = {"channels": self.channels, "normalizations": list(normalizations), "image_size": grid.size,
+                    "spacing_mm": grid.spacing_mm, "fills": self.fills}
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.arrays: list[np.ndarray] = []
@@ -111,35 +113,55 @@ class CachedSlices(Dataset):
                 if path.is_file():
                     share.cached.append(case.case_id)
                 else:
-                    _save_atomically(self._prepare(case, normalizations, image_size), path)
+                    _save_atomically(self._prepare(case, normalizations, grid), path)
                     share.prepared.append(case.case_id)
             return
         # From the end of the list: a rank still working through its share goes from the front, so a rank that
         # finished early takes over the remaining cases instead of duplicating the one being prepared.
         for case, path in reversed(entries):
             if not path.is_file():
-                _save_atomically(self._prepare(case, normalizations, image_size), path)
+                _save_atomically(self._prepare(case, normalizations, grid), path)
         for case, path in entries:
             array = np.load(path, mmap_mode="r")
             number = len(self.arrays)
             self.arrays.append(array)
             self.index.extend((number, k) for k in range(array.shape[0]) if keep is None or keep(array[k]))
 
-    def _prepare(self, case: Case, normalizations, image_size) -> np.ndarray:
+    def _prepare(self, case: Case, normalizations, grid: ModelGrid) -> np.ndarray:
         inputs = []
         for key, normalization in zip(self.channels, normalizations):
             volume = read_volume(case.paths[key])
-            scaling = scaling_from_card(normalization, volume.array) if normalization else None
+            scaling = fit_scaling(normalization, volume, grid) if normalization else None
             if scaling is None:  # label map: nearest neighbour if it must be resampled, values unchanged
                 volume = volume.with_array(volume.array.astype(np.float32))
             inputs.append(EngineInput(volume, f"{case.case_id}:{key}", scaling, 0.0))
-        _, axial = prepare_axial(_label_safe(inputs))
+        reorientation, axial = prepare_axial(_label_safe(inputs))
         stacked = torch.from_numpy(np.stack(axial, axis=1))
-        fitter = SliceFitter(stacked.shape[2], stacked.shape[3], image_size)
+        labels = [c for c, n in enumerate(normalizations) if n is None]
+        if grid.size is None or grid.spacing_mm is None:
+            return self._fit_by_matrix(stacked, labels, grid.size)
+        row_mm, column_mm = axial_pixel_spacing(reorientation)
+        windows = SliceWindows(stacked.shape[2], stacked.shape[3], row_mm, column_mm, grid)
+        canvases = []
+        for first in range(0, stacked.shape[0], 8):  # a few slices at a time: one-hot label maps are large
+            chunk = stacked[first:first + 8]
+            canvas = windows.canvas(chunk, self.fills)
+            for channel in labels:
+                canvas[:, channel] = _resampled_labels(chunk[:, channel], windows)
+            canvases.append(canvas)
+        canvas = torch.cat(canvases)
+        # One window for the whole case, centred on the content of all its slices: neighbouring slices stay aligned
+        # (the augmentation averages them to simulate thick slices).
+        top, left = windows.centred_window(canvas.amax(0), self.fills)
+        prepared = canvas[:, :, top:top + grid.size, left:left + grid.size].numpy().astype(np.float32)
+        return prepared
+
+    def _fit_by_matrix(self, stacked: torch.Tensor, labels: list[int], size: int | None) -> np.ndarray:
+        """The legacy preparation (cards without a training spacing; tests)."""
+        fitter = SliceFitter(stacked.shape[2], stacked.shape[3], size)
         fitted = fitter.to_model_per_channel(stacked, self.fills)
-        for channel, normalization in enumerate(normalizations):
-            if normalization is None:  # label values must not be averaged by area resizing
-                fitted[:, channel:channel + 1] = fitter.to_model(stacked[:, channel:channel + 1], 0.0, mode="nearest-exact")
+        for channel in labels:  # label values must not be averaged by area resizing
+            fitted[:, channel:channel + 1] = fitter.to_model(stacked[:, channel:channel + 1], 0.0, mode="nearest-exact")
         return fitted.numpy().astype(np.float32)
 
     def __len__(self) -> int:
@@ -148,6 +170,26 @@ class CachedSlices(Dataset):
     def __getitem__(self, item: int) -> torch.Tensor:
         number, k = self.index[item]
         return torch.from_numpy(np.array(self.arrays[number][k]))
+
+    def slab(self, item: int, radius: int) -> torch.Tensor:
+        """(2 radius + 1, C, S, S): slice `item` in the middle between its `radius` neighbours on each side in the
+        same case (kept or not), the case's first / last slice repeated beyond its ends."""
+        number, k = self.index[item]
+        array = self.arrays[number]
+        if radius <= k < array.shape[0] - radius:
+            return torch.from_numpy(np.array(array[k - radius:k + radius + 1]))
+        return torch.from_numpy(np.array(array[np.clip(np.arange(k - radius, k + radius + 1), 0, array.shape[0] - 1)]))
+
+
+def _resampled_labels(labels: torch.Tensor, windows: SliceWindows) -> torch.Tensor:
+    """(B, H, W) label values -> (B, canvas) at the model spacing: each label resampled as a fraction, the largest wins."""
+    values = [v for v in torch.unique(labels).tolist() if v != 0]
+    canvas_shape = windows.canvas_shape
+    if not values:
+        return torch.zeros((labels.shape[0], *canvas_shape))
+    one_hot = torch.stack([labels == v for v in [0.0] + values], dim=1).float()
+    fractions = windows.canvas(one_hot, [1.0] + [0.0] * len(values))
+    return torch.tensor([0.0] + values)[fractions.argmax(1)]
 
 
 def _label_safe(inputs: list[EngineInput]) -> list[EngineInput]:
@@ -174,21 +216,29 @@ class TranslationSlices(Dataset):
     """(sources, targets) pairs: sources = [t1n, t2w], targets = [t1c, t2f], each (2, S, S) in [-1, 1].
 
     Slices whose T1 shows less than `min_foreground` brain are skipped (near-empty slices teach nothing and would
-    dominate the loss of a skull-stripped dataset).
+    dominate the loss of a skull-stripped dataset). augment: an acquisition augmenter (augment.MRIAugment) applied to
+    every item with the neighbouring slices it needs, or None for the cached slices exactly (validation, evaluation).
     """
 
-    def __init__(self, cases: Sequence[Case], image_size: int | None, cache_dir: Path, min_foreground: float = 0.05,
-                 sources=("t1n", "t2w"), targets=("t1c", "t2f")):
+    def __init__(self, cases: Sequence[Case], grid: ModelGrid, cache_dir: Path, min_foreground: float = 0.05,
+                 sources=("t1n", "t2w"), targets=("t1c", "t2f"), augment=None):
         channels = list(sources) + list(targets)
         self.n_sources = len(sources)
-        self.slices = CachedSlices(cases, channels, [MRI] * len(channels), image_size, cache_dir,
+        self.slices = CachedSlices(cases, channels, [MRI] * len(channels), grid, cache_dir,
                                    keep=_has_foreground(min_foreground))
+        self.augmented = None if augment is None else AugmentedItems(
+            augment, len(self.slices), [c.paths[channels[0]] for c in cases if all(k in c.paths for k in channels)])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmented items draw from `epoch` (else from how often each was fetched before): call before each epoch."""
+        if self.augmented is not None:
+            self.augmented.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        stacked = self.slices[item]
+        stacked = self.slices[item] if self.augmented is None else self.augmented(self.slices, item)
         return {"sources": stacked[: self.n_sources], "targets": stacked[self.n_sources:]}
 
 
@@ -196,20 +246,29 @@ class SegmentationSlices(Dataset):
     """(image, mask) pairs: CT windowed to [-1, 1] (1, S, S) and the binary union of the chosen labels (1, S, S).
 
     labels=None takes every non-zero label (SDSeg's BTCV setting: all 13 organs merged into one target).
+    augment: an acquisition augmenter (augment.CTAugment) of the image and the full label map; the mask is then taken
+    from the augmented label map. None gives the cached slices exactly (validation, evaluation).
     """
 
-    def __init__(self, cases: Sequence[Case], image_size: int | None, cache_dir: Path, window=(-175.0, 250.0),
-                 labels: Sequence[int] | None = None, min_body: float = 0.05):
+    def __init__(self, cases: Sequence[Case], grid: ModelGrid, cache_dir: Path, window=(-175.0, 250.0),
+                 labels: Sequence[int] | None = None, min_body: float = 0.05, augment=None):
         normalization = {"kind": "ct_window", "window": list(window)}
         self.labels = None if labels is None else torch.tensor(list(labels))
-        self.slices = CachedSlices(cases, ["image", "label"], [normalization, None], image_size, cache_dir,
+        self.slices = CachedSlices(cases, ["image", "label"], [normalization, None], grid, cache_dir,
                                    fills=[-1.0, 0.0], keep=_has_foreground(min_body))
+        self.augmented = None if augment is None else AugmentedItems(
+            augment, len(self.slices), [c.paths["image"] for c in cases if "image" in c.paths and "label" in c.paths])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmented items draw from `epoch` (else from how often each was fetched before): call before each epoch."""
+        if self.augmented is not None:
+            self.augmented.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        stacked = self.slices[item]
+        stacked = self.slices[item] if self.augmented is None else self.augmented(self.slices, item)
         label = stacked[1:2]
         mask = label > 0 if self.labels is None else torch.isin(label.long(), self.labels)
         return {"image": stacked[:1], "mask": mask.float()}

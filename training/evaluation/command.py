@@ -10,7 +10,8 @@ from ..cli import Command
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["translation", "segmentation"])
+    parser.add_argument("task", choices=["translation", "segmentation", "spacing"],
+                        help="spacing: the sample case (--data-root Resources/SampleData) on several grids")
     parser.add_argument("--data-root", required=True, type=Path, help="dataset root in its real layout")
     parser.add_argument("--layout", default="brats", help="MRI layout: brats | upenn | ixi (translation only)")
     parser.add_argument("--split", default="test", choices=["test", "all"], help="the paper's test split, or every case")
@@ -24,17 +25,24 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--update-card", action="store_true", help="write the measured metrics into the model's card.json")
+    parser.add_argument("--card-key", default="",
+                        help="with --update-card: keep the card's metrics and store these under this key (e.g. shifted)")
+    parser.add_argument("--core", action="store_true",
+                        help="the model's default setting and the baseline only: no sampling sweeps, ensembles, "
+                             "upper bounds or stability runs (a quicker second test set)")
     parser.add_argument("--command-note", default="", help="extra text recorded with the results (e.g. how data was made)")
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.task == "translation":
         from .translation import evaluate_translation as evaluate
+    elif args.task == "spacing":
+        from .spacing import evaluate_spacing as evaluate
     else:
         from .segmentation import evaluate_segmentation as evaluate
     results = evaluate(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'README.md'}")
     return 0
 

@@ -27,12 +27,18 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def update_card_metrics(model: str, metrics: dict) -> Path:
+def update_card_metrics(model: str, metrics: dict, key: str = "") -> Path:
+    """Write measured metrics into the card: all of them, or (key) under metrics[key], keeping the rest."""
     card = ModelRegistry().find(model)
     path = card.directory / "card.json"
-    data = json.loads(path.read_text())
-    data["metrics"] = metrics  # the sha256 covers the weights only, so the card can record later measurements
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    # The sha256 covers the weights only, so the card can record later measurements.
+    if key:
+        data.setdefault("metrics", {})[key] = metrics
+    else:
+        kept = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, dict) and "measured_on" in v}
+        data["metrics"] = {**kept, **metrics}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 

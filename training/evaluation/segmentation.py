@@ -26,8 +26,10 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
         cases = btcv_split(cases)[1]
     cases = limit([c for c in cases if "label" in c.paths], args.max_cases)
     model = load_model(args.model, task="segmentation")
-    variants = [("SDSeg single step", model, 1, 1), ("SDSeg 10-step DDIM", model, 10, 1),
-                (f"SDSeg single step, {args.samples}-sample ensemble", model, 1, args.samples)]
+    variants = [("SDSeg single step", model, 1, 1)]
+    if not args.core:
+        variants += [("SDSeg 10-step DDIM", model, 10, 1),
+                     (f"SDSeg single step, {args.samples}-sample ensemble", model, 1, args.samples)]
     if args.baseline:
         variants.append(("UNet (non-diffusion baseline)", load_model(args.baseline, task="segmentation"), None, 1))
     scores = {name: [] for name, *_ in variants}
@@ -47,6 +49,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
                 axial = AxialReorientation.for_volume(image).apply
                 segmentation_figure(args.figure or args.out / "case.png", axial(image.array.astype(np.float32)),
                                     axial(prediction), axial(reference), case.case_id, scores[name][-1]["dice"])
+        if args.core:
+            continue
         runs = [run_model(model, {"image": image}, device=args.device, batch_size=args.batch_size, seed=seed, steps=1)
                 for seed in STABILITY_SEEDS]
         runs = [run["labels"].array > 0 for run in runs]
@@ -72,7 +76,7 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         rows.append([name, f"{dice:.4f} ± {dice_sd:.4f}", iou, hd95_text,
                      float(np.mean(seconds_per_slice[name]))])
     single = float(np.mean(seconds_per_slice[rows[0][0]]))
-    ddim = float(np.mean(seconds_per_slice[rows[1][0]]))
+    ddim = float(np.mean(seconds_per_slice["SDSeg 10-step DDIM"])) if "SDSeg 10-step DDIM" in seconds_per_slice else None
     text = [
         f"# SDSeg evaluation: {model.card.name} {model.card.version}", "",
         f"{len(cases)} held-out cases ({args.split} split of `{args.data_root}`): {', '.join(c.case_id for c in cases)}. "
@@ -83,18 +87,22 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         "convention: both empty → Dice 1, HD95 0; one empty → Dice 0, HD95 ∞ (excluded from the HD95 mean, counted).", "",
         "## Table 4 analogue: sampling strategies and the non-diffusion baseline", "",
         markdown_table(["Method", "Dice", "IoU", "HD95 (mm)", "s / slice"], rows), "",
-        f"10-step DDIM costs {ddim / single:.1f}× the single step here (paper, V100: 4.2×).", "",
-        "## Table 5 analogue: stability across seeds", "",
-        f"Single-step inference repeated with seeds {', '.join(map(str, STABILITY_SEEDS))} (fresh noise per slice):", "",
-        markdown_table(["pairwise Dice between runs", "std of Dice to reference across runs"],
-                       [[float(np.mean(stability["pairwise_dice"])), float(np.mean(stability["dice_std"]))]]), "",
-        f"Figure: `{(args.figure or args.out / 'case.png')}`.", "",
     ]
+    if ddim is not None:
+        text += [
+            f"10-step DDIM costs {ddim / single:.1f}× the single step here (paper, V100: 4.2×).", "",
+            "## Table 5 analogue: stability across seeds", "",
+            f"Single-step inference repeated with seeds {', '.join(map(str, STABILITY_SEEDS))} (fresh noise per slice):", "",
+            markdown_table(["pairwise Dice between runs", "std of Dice to reference across runs"],
+                           [[float(np.mean(stability["pairwise_dice"])), float(np.mean(stability["dice_std"]))]]), ""]
+    else:
+        text += ["Core run (`--core`): no DDIM, ensemble or stability rows.", ""]
+    text += [f"Figure: `{(args.figure or args.out / 'case.png')}`.", ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "README.md").write_text("\n".join(text))
+    (args.out / "README.md").write_text("\n".join(text), encoding="utf-8")
     summary = {"cases": [c.case_id for c in cases], "rows": rows,
-               "stability": {k: float(np.mean(v)) for k, v in stability.items()},
-               "ddim10_over_single_step": ddim / single}
+               "stability": {k: float(np.mean(v)) for k, v in stability.items() if v},
+               "ddim10_over_single_step": ddim / single if ddim else None}
     if args.update_card:
         dice, _ = _summary(scores[rows[0][0]], "dice")
         iou, _ = _summary(scores[rows[0][0]], "iou")
@@ -102,8 +110,14 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         update_card_metrics(args.model, {
             "measured_on": f"{len(cases)} held-out synthetic abdominal CT phantoms ({args.data_root}, {args.split} split)",
             "single_step": {"dice": dice, "iou": iou, "hd95_mm": hd95},
-            "stability_pairwise_dice": float(np.mean(stability["pairwise_dice"])),
+            **({"stability_pairwise_dice": float(np.mean(stability["pairwise_dice"]))} if stability["pairwise_dice"] else {}),
+            **_baseline_metrics(scores),
             "convention": "per 3D volume at original resolution, union of organs",
             "report": str(args.out / "README.md"),
-        })
+        }, args.card_key)
     return summary
+
+
+def _baseline_metrics(scores: dict) -> dict:
+    name = "UNet (non-diffusion baseline)"
+    return {"baseline_unet_dice": _summary(scores[name], "dice")[0]} if name in scores else {}

@@ -13,7 +13,8 @@ from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.pipelines.common import build_network
 from MedDiffusionExtension.tasks import is_spread
 from MedDiffusionExtension.volume import AxialReorientation, read_volume, scaling_from_card
-from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, run_slicewise
+from MedDiffusionExtension.pipelines.common import model_grid
+from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, fit_scaling, run_slicewise
 from MedDiffusionExtension.volume.normalize import foreground_mask
 from MedDiffusionExtension.weights import load_model
 
@@ -59,14 +60,15 @@ def _upper_bound(loaded, case_volumes, options) -> dict[str, np.ndarray]:
     """C-UNet driven by the ground-truth representation MRM(T1c, T2f): what a perfect MDN would give."""
     card = loaded.card
     network = build_network(loaded, resolve_device(options.device))
-    inputs = [EngineInput(case_volumes[m], m, scaling_from_card(card.normalization, case_volumes[m].array))
+    grid = model_grid(card)
+    inputs = [EngineInput(case_volumes[m], m, fit_scaling(card.normalization, case_volumes[m], grid))
               for m in ("t1n", "t2w", "t1c", "t2f")]
 
     def slice_model(batch):
         representation = network.mrm.represent(batch.images[:, 2:])
         return network.cunet(batch.images[:, :2], representation)
 
-    out = run_slicewise(inputs, slice_model, 2, card.image_size, options)
+    out = run_slicewise(inputs, slice_model, 2, grid, options, background=-1.0)
     return {t: card.output_range.to_unit(card.output_range.from_model(out[i])) for i, t in enumerate(TARGETS)}
 
 
@@ -112,10 +114,12 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
             for target in TARGETS:
                 record(_row_name(other, other.card.sampling.steps), target,
                        axial(out[target].array), reference[target], counted, seconds)
-        bound = _upper_bound(model, volumes, options)
-        for target in TARGETS:
-            record("C-UNet + ground-truth representation (upper bound)", target, axial(bound[target]), reference[target], counted)
-        for steps in sorted({10, 20, 30, 40, default_steps}):
+        if not args.core:
+            bound = _upper_bound(model, volumes, options)
+            for target in TARGETS:
+                record("C-UNet + ground-truth representation (upper bound)", target, axial(bound[target]),
+                       reference[target], counted)
+        for steps in sorted({default_steps} if args.core else {10, 20, 30, 40, default_steps}):
             seconds, out = timed(_synthesize, model, volumes, options, steps=steps)
             scores = [dict(target=t, **_scores(axial(out[t].array), reference[t], counted)) for t in TARGETS]
             sweep.setdefault(steps, []).append({"scores": scores, "seconds": seconds})
@@ -123,7 +127,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
                 for target in TARGETS:
                     record(model_row, target, axial(out[target].array), reference[target], counted, seconds)
                 per_slice = out
-        per_volume = _synthesize(model, volumes, options, per_volume_representation=True)
+        per_volume = per_slice if args.core else _synthesize(model, volumes, options, per_volume_representation=True)
         for target in TARGETS:
             consistency["reference"].append(_through_plane_energy(reference[target], brain))
             consistency["per_slice"].append(_through_plane_energy(axial(per_slice[target].array), brain))
@@ -135,6 +139,11 @@ def evaluate_translation(args: argparse.Namespace) -> dict:
                                {k: axial(v.array) for k, v in uncertain.items()}, brain, case.case_id)
 
     return _report(args, model, model_row, cases, rows, sweep, consistency, timings)
+
+
+def _baseline_average(table1: list) -> dict:
+    row = next((r for r in table1 if r[0] == "UNet (M1, no condition)"), None)
+    return {} if row is None else {"baseline_unet_average": {"psnr": row[7], "ssim": row[8], "mae": row[9]}}
 
 
 def _row_name(loaded, steps: int) -> str:
@@ -185,7 +194,7 @@ def _report(args, model, model_row, cases, rows, sweep, consistency, timings) ->
         "", f"Figure: `{(args.figure or args.out / 'case.png')}`.", "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "README.md").write_text("\n".join(text))
+    (args.out / "README.md").write_text("\n".join(text), encoding="utf-8")
     summary = {"cases": [c.case_id for c in cases], "table1": table1, "table3d": table3d, "table4": table4,
                "consistency": energy, "timings": {k: float(np.mean(v)) for k, v in timings.items()}}
     if args.update_card:
@@ -197,5 +206,6 @@ def _report(args, model, model_row, cases, rows, sweep, consistency, timings) ->
             "average": {"psnr": cdm_row[7], "ssim": cdm_row[8], "mae": cdm_row[9]},
             "convention": "2D slice averages on [0, 1], data range 1, slices with >= 5% brain",
             "report": str(args.out / "README.md"),
-        })
+            **_baseline_average(table1),
+        }, args.card_key)
     return summary

@@ -7,6 +7,11 @@ effect, the tumour replaces or infiltrates tissue, the signal equations turn fra
 bias field and Rician noise finish the image. Background is 0 as in skull-stripped BraTS data.
 
 Labels follow BraTS: 1 necrotic tumour core, 2 peritumoural oedema, 3 enhancing tumour.
+
+With an acquisition profile other than `fixed` (acquisition.py) the scanner is drawn per case instead: field
+strength and its relaxation times, sequence parameters, bias fields, noise, gains and the grid. The patient (pose,
+warp, tumour) is the one the seed gives under every profile; only its height in the field follows the drawn
+craniocaudal coverage, so the vertex stays a few millimetres below the top as in BraTS.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .fields import SmoothField, add_rician_noise, random_rotation
 from .geometry import Grid, lps_grid, parse_shape
 from .glioma import Glioma, draw_glioma, glioma_memberships, mass_effect_offset
 from .mni_template import load_template, smoothed_maps
+from .acquisition import MRAcquisition, check_profile, draw_mr_acquisition
 from .mr_signal import GADOLINIUM_MM, TISSUES_3T, Tissue, random_protocol, with_gadolinium
 
 SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
@@ -224,15 +230,36 @@ def render_subject(subject: BrainSubject, grid: Grid, noise_key: int = 1, sequen
     return BrainPhantom(images, seg, tissues, mask, grid.ijk_to_ras.copy(), info)
 
 
-def simulate_brain(seed: int, shape=None, spacing=None, tumour: bool = True) -> BrainPhantom:
-    """One case on the BraTS field of view (default 240 x 240 x 155 voxels of 1 mm; shape in NIfTI order)."""
-    grid = brats_grid(shape, spacing)
-    return render_subject(draw_subject(seed, tumour), grid)
+def acquired_subject(seed: int, acquisition: MRAcquisition, tumour: bool = True) -> BrainSubject:
+    """The patient of seed scanned with the drawn acquisition (tissue relaxation, protocol, SNR, gains, bias)."""
+    subject = draw_subject(seed, tumour, fov_top_mm=acquisition.coverage_mm / 2.0)
+    return dataclasses.replace(subject, tissues=dict(acquisition.tissues), protocol=dict(acquisition.protocol),
+                               gains=dict(acquisition.gains), snr=dict(acquisition.snr), bias=dict(acquisition.bias),
+                               bias_strength=dict(acquisition.bias_strength))
 
 
-def generate_brain_case(seed: int, shape=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def simulate_brain(seed: int, shape=None, spacing=None, tumour: bool = True,
+                   acquisition: str | MRAcquisition = "fixed") -> BrainPhantom:
+    """One case. acquisition 'fixed' (default): the BraTS field of view (default 240 x 240 x 155 voxels of 1 mm;
+    shape in NIfTI order). 'train' or 'shifted' (or a drawn MRAcquisition): the drawn scanner and grid; a shape
+    keeps the drawn field of view on that many voxels; a spacing forces the voxel size on that (or the drawn)
+    shape."""
+    if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
+        grid = brats_grid(shape, spacing)
+        return render_subject(draw_subject(seed, tumour), grid)
+    if isinstance(acquisition, str):
+        acquisition = draw_mr_acquisition(seed, acquisition)
+    grid = acquisition.grid(BRATS_CENTRE_RAS, shape)
+    if spacing is not None:
+        grid = lps_grid(grid.shape, spacing, BRATS_CENTRE_RAS)
+    phantom = render_subject(acquired_subject(seed, acquisition, tumour), grid)
+    phantom.info["acquisition"] = acquisition.info()
+    return phantom
+
+
+def generate_brain_case(seed: int, shape=None, acquisition: str = "fixed") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'t1n', 't1c', 't2w', 't2f', 'seg'} -> (array in (k, j, i) order, 4x4 ijk-to-RAS), ready for Volume(*pair)."""
-    phantom = simulate_brain(seed, shape)
+    phantom = simulate_brain(seed, shape, acquisition=acquisition)
     case = {name: (image, phantom.ijk_to_ras) for name, image in phantom.images.items()}
     case["seg"] = (phantom.seg, phantom.ijk_to_ras)
     return case

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..cli import Command
 
+PROFILES = ("fixed", "train", "shifted")  # acquisition.PROFILES, kept literal so the parser imports nothing heavy
+
 
 def _non_negative(text: str) -> int:
     value = int(text)
@@ -47,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--shape", help="voxels in NIfTI order, e.g. 64x64x40 (field of view kept)")
         if name == "btcv":
             command.add_argument("--spacing", type=_spacing, help="voxel size in mm, e.g. 0.8x0.8x2.5")
+        if name != "ixi":
+            command.add_argument("--acquisition", choices=PROFILES, default="fixed",
+                                 help="scanner and protocol per case: fixed (the original single acquisition), "
+                                      "train (randomised) or shifted (held-out, outside the train ranges); "
+                                      "see training/phantoms/acquisition.py (default: fixed)")
     samples = commands.add_parser("samples", help="write the bundled sample cases with SHA256SUMS")
     samples.add_argument("--out", type=Path, default=Path("Resources/SampleData"))
     figures = commands.add_parser("figures", help="write the documentation figures")
@@ -57,9 +64,10 @@ def write(args: argparse.Namespace) -> list[Path]:
     from . import figures, layouts, samples
 
     if args.what == "brats":
-        cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape)
+        cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape, acquisition=args.acquisition)
     elif args.what == "btcv":
-        cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing)
+        cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
+                                           acquisition=args.acquisition)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":
@@ -67,7 +75,10 @@ def write(args: argparse.Namespace) -> list[Path]:
         return [args.out / name for name in names]
     else:
         return figures.write_figures(args.out)
-    return [path for case in cases for path in case.values()]
+    paths = [path for case in cases for path in case.values()]
+    if args.what in ("brats", "btcv"):
+        paths.append(args.out / layouts.ACQUISITIONS_JSON)
+    return paths
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,16 +5,22 @@ thorax above the diaphragm, bowel, solid organs, vessels, muscles and bones. A l
 earlier one where they overlap, which is how organs come to indent each other (the kidney's impression on the
 liver, the pancreas between the stomach and the great vessels). Each organ gets a gentle HU texture; the image is
 then blurred by a CT point spread function, given in-plane-correlated noise, and cut to the reconstruction circle.
+
+With an acquisition profile other than `fixed` (see acquisition.py) the case also gets a drawn contrast phase and
+tissue HU, reconstruction kernel (PSF, noise level and grain), grid, field of view, body size and position, table
+and arms; the drawn patient is painted in its own millimetres on the scanner grid mapped through the body scale
+and off-centring, so labels and HU stay aligned whatever the grid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
-from .ct_anatomy import AbdomenSubject, Solid, draw_abdomen
+from .acquisition import CT_ANATOMY, CTAcquisition, check_profile, draw_ct_acquisition, draw_ct_anatomy
+from .ct_anatomy import AbdomenSubject, Solid, draw_abdomen, vary_abdomen
 from .geometry import Grid, lps_grid, parse_shape
 from .shapes import Ellipsoid, Tube
 
@@ -67,6 +73,8 @@ class _Canvas:
             return self.cavity[plane] & (z > self.diaphragm[plane] + 2.0)
         if where == "cavity":
             return np.broadcast_to(self.cavity[plane], (1,) + self.cavity[plane].shape)
+        if where == "all":
+            return np.ones((1,) + self.cavity[plane].shape, bool)
         return np.broadcast_to(self.trunk_level[plane] < 1.0, (1,) + self.cavity[plane].shape)
 
     def paint(self, solid: Solid, fill, label: int | None = 0, where: str = "abdomen", only_label: int | None = None):
@@ -88,7 +96,8 @@ class _Canvas:
         if label is not None:
             self.label[region][k, j, i] = label
 
-    def textured(self, hu_value: float, texture_hu: float):
+    def textured(self, hu_value: float, texture_hu: float, organ: str | None = None):
+        texture_hu = self.subject.texture_hu.get(organ, texture_hu)
         field = self.subject.fields["texture"]
         return lambda level, x, y, z: np.float32(hu_value) + np.float32(texture_hu) * field(x, y, z)
 
@@ -181,7 +190,7 @@ def _paint_organs(canvas: _Canvas):
     canvas.paint(organs["intrahepatic_portal"], hu["portal"] - 10.0, None, only_label=BTCV_LABELS["liver"])
     canvas.paint(organs["hepatic_veins"], hu["ivc"], None, only_label=BTCV_LABELS["liver"])
     canvas.paint(organs["gallbladder"], canvas.textured(hu["gallbladder"], 2.0), BTCV_LABELS["gallbladder"])
-    canvas.paint(organs["spleen"], canvas.textured(hu["spleen"], 5.0), BTCV_LABELS["spleen"])
+    canvas.paint(organs["spleen"], canvas.textured(hu["spleen"], 5.0, "spleen"), BTCV_LABELS["spleen"])
     canvas.paint(organs["pancreas"], canvas.textured(hu["pancreas"], 10.0), BTCV_LABELS["pancreas"])
     for side in ("right", "left"):
         _paint_kidney(canvas, f"{side}_kidney")
@@ -303,6 +312,94 @@ def _paint_table(canvas: _Canvas):
     canvas.hu[:, foam & within] = -850.0
 
 
+def _paint_arms(canvas: _Canvas, arms) -> np.ndarray:
+    """Both arms down beside the trunk, label 0: skin, fat and muscle round the humerus above the elbow, round
+    the radius and ulna below it. Returns the arms' (nj, ni) cross-section at the upper arm."""
+    hu = canvas.subject.hu
+    x, y, z = canvas.x[0], canvas.y[0], canvas.z[:, 0, 0]
+    upper_slices = z >= arms.elbow_z
+    footprint = np.zeros(canvas.label.shape[1:], bool)
+    for side in (1, -1):
+        cx = side * arms.centre_x
+        distance = np.sqrt((x - np.float32(cx)) ** 2 + (y - np.float32(arms.centre_y)) ** 2)
+        for upper in (True, False):
+            k = np.nonzero(upper_slices if upper else ~upper_slices)[0]
+            radius = arms.radius * (1.0 if upper else 0.82)
+            inside = distance < radius
+            if upper:
+                footprint |= inside
+            if k.size == 0 or not inside.any():
+                continue
+            values = np.where(distance > radius - 1.5, np.float32(hu["skin"]),
+                              np.where(distance > radius - 1.5 - arms.fat, np.float32(hu["fat"]),
+                                       np.float32(hu["muscle"])))
+            bones = [(cx, arms.centre_y, arms.humerus)] if upper else [
+                (cx - side * 4.0, arms.centre_y + 10.0, 0.6 * arms.humerus),
+                (cx + side * 4.0, arms.centre_y - 10.0, 0.55 * arms.humerus)]
+            for bx, by, br in bones:
+                d = np.sqrt((x - np.float32(bx)) ** 2 + (y - np.float32(by)) ** 2)
+                values = np.where(d < br, np.where(d > br - 3.5, np.float32(hu["cortical"]),
+                                                   np.float32(hu.get("marrow", 0.0))), values)
+            j, i = np.nonzero(inside)
+            canvas.hu[k[:, None], j[None], i[None]] = values[j, i][None]
+            canvas.label[k[:, None], j[None], i[None]] = 0
+    return footprint
+
+
+def _unit_std(sigma) -> float:
+    """Standard deviation of unit white noise after a Gaussian filter of these sigmas (voxels)."""
+    unit = 1.0
+    for s in sigma:
+        delta = np.zeros(65)
+        delta[32] = 1.0
+        unit *= np.sqrt((ndimage.gaussian_filter1d(delta, s) ** 2).sum()) if s > 0 else 1.0
+    return unit
+
+
+def _reconstruction_circle(grid: Grid):
+    """Centre (R, A) and radius of the circle inscribed in the grid's cross-section, and the (nj, ni) mask of the
+    voxels outside it."""
+    x, y, _ = grid.world_axes()
+    x, y = x[0], y[0]
+    centre = np.array([x.mean(), y.mean()])
+    radius = 0.5 * min(np.ptp(x), np.ptp(y))
+    return centre, radius, (x - centre[0]) ** 2 + (y - centre[1]) ** 2 > radius ** 2
+
+
+def _body_cut(subject: AbdomenSubject, acquisition: CTAcquisition, grid: Grid) -> bool:
+    """Whether the trunk or the arms reach outside the reconstruction circle (checked on a 2 mm plane around the
+    patient, since the parts cut off may lie outside the grid too)."""
+    p = np.arange(-700.0, 700.0, 2.0, dtype=np.float32)
+    px, py = p[None, :], p[:, None]
+    body = subject.trunk.level(px, py) < 1.0
+    arms = acquisition.arms
+    if arms is not None:
+        body |= np.hypot(np.abs(px) - np.float32(arms.centre_x), py - np.float32(arms.centre_y)) < arms.radius
+    s, (tx, ty) = acquisition.anatomy.body_scale, acquisition.shift_mm
+    centre, radius, _ = _reconstruction_circle(grid)
+    outside = (s * px + tx - centre[0]) ** 2 + (s * py + ty - centre[1]) ** 2 > radius ** 2
+    return bool((body & outside).any())
+
+
+def _acquire(canvas: _Canvas, grid: Grid, acquisition: CTAcquisition, rng: np.random.Generator) -> np.ndarray:
+    """Kernel PSF (in-plane from the drawn FWHM, through-plane from the slice thickness), correlated noise of the
+    drawn SD in the image, and the reconstruction circle of the drawn field of view."""
+    spacing = np.asarray(grid.spacing)  # i, j, k
+    psf_mm = acquisition.psf_fwhm_mm / 2.3548
+    in_plane = np.sqrt((psf_mm / spacing[:2]) ** 2 + 0.35 ** 2)  # plus a little against point-sampling aliasing
+    through = np.sqrt((acquisition.thickness_mm / 2.3548 / spacing[2]) ** 2 + 0.2 ** 2)
+    image = ndimage.gaussian_filter(canvas.hu, (through, in_plane[1], in_plane[0]), mode="nearest")
+    if acquisition.noise_hu > 0:
+        noise = rng.standard_normal(grid.array_shape, dtype=np.float32)
+        sigma = (0.3, acquisition.noise_corr_mm / spacing[1], acquisition.noise_corr_mm / spacing[0])
+        noise = ndimage.gaussian_filter(noise, sigma, mode="wrap")
+        noise *= np.float32(acquisition.noise_hu / _unit_std(sigma))
+        image += noise
+    image[:, _reconstruction_circle(grid)[2]] = AIR_OUTSIDE_SCAN
+    np.clip(image, -1024.0, 3071.0, out=image)
+    return np.rint(image, out=image)
+
+
 def _psf_and_noise(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
     grid = canvas.grid
     image = ndimage.gaussian_filter(canvas.hu, 0.45, mode="nearest")
@@ -328,9 +425,7 @@ def _psf_and_noise(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
     return np.rint(image, out=image)
 
 
-def render_abdomen(subject: AbdomenSubject, grid: Grid) -> CTPhantom:
-    canvas = _Canvas(grid, subject)
-    _paint_table(canvas)
+def _paint_inside(canvas: _Canvas):
     _paint_trunk(canvas)
     _paint_thorax(canvas)
     _paint_bowel(canvas)
@@ -338,19 +433,63 @@ def render_abdomen(subject: AbdomenSubject, grid: Grid) -> CTPhantom:
     _paint_organs(canvas)
     _paint_spine(canvas)
     _paint_ribs(canvas)
-    image = _psf_and_noise(canvas, np.random.default_rng([subject.seed, 1]))
+
+
+def render_abdomen(subject: AbdomenSubject, grid: Grid, acquisition: CTAcquisition | None = None) -> CTPhantom:
+    """The subject on grid; with an acquisition, the subject should come from `acquired_subject` and grid from
+    `acquisition.grid` (any shape or spacing works)."""
+    if acquisition is None:  # the fixed profile
+        canvas = _Canvas(grid, subject)
+        _paint_table(canvas)
+        _paint_inside(canvas)
+        image = _psf_and_noise(canvas, np.random.default_rng([subject.seed, 1]))
+        info = {"seed": subject.seed, "shape": list(grid.shape), "spacing_mm": [round(s, 4) for s in grid.spacing],
+                "enhancement": round(subject.enhancement, 3), "noise_hu": round(subject.noise_hu, 2)}
+        return CTPhantom(image, canvas.label, grid.ijk_to_ras.copy(), info)
+    canvas = _Canvas(acquisition.patient_grid(grid), subject)
+    if acquisition.table:
+        _paint_table(canvas)
+    arms_visible = False
+    if acquisition.arms is not None:
+        footprint = _paint_arms(canvas, acquisition.arms)
+        arms_visible = bool((footprint & ~_reconstruction_circle(grid)[2]).any())
+    _paint_inside(canvas)
+    image = _acquire(canvas, grid, acquisition, np.random.default_rng([subject.seed, 1, 1]))
     info = {"seed": subject.seed, "shape": list(grid.shape), "spacing_mm": [round(s, 4) for s in grid.spacing],
-            "enhancement": round(subject.enhancement, 3), "noise_hu": round(subject.noise_hu, 2)}
+            "enhancement": acquisition.info()["enhancement"], "noise_hu": round(acquisition.noise_hu, 2),
+            "truncated": _body_cut(subject, acquisition, grid), "arms_visible": arms_visible,
+            "acquisition": acquisition.info()}
     return CTPhantom(image, canvas.label, grid.ijk_to_ras.copy(), info)
 
 
-def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None) -> CTPhantom:
-    """One case; shape (NIfTI order) and spacing default to 512 x 512 x 100 voxels of 0.8 x 0.8 x 2.5 mm.
-    enhancement: 0 native, 1 portal venous; drawn per case when None."""
-    return render_abdomen(draw_abdomen(seed, enhancement), btcv_grid(shape, spacing))
+def acquired_subject(seed: int, profile: str) -> tuple[AbdomenSubject, CTAcquisition]:
+    """The patient of seed with its anatomy variation and drawn tissue HU, and its acquisition under profile
+    ('train' or 'shifted'). The anatomy variation is the same under both profiles."""
+    anatomy = draw_ct_anatomy(seed)
+    shaped = vary_abdomen(draw_abdomen(seed), anatomy.fat_extra_mm, anatomy.organ_scale,
+                          min_fat_mm=CT_ANATOMY["min_fat_mm"])
+    acquisition = draw_ct_acquisition(seed, profile, shaped.trunk.half_width, FIELD_CENTRE_RAS)
+    return replace(shaped, hu=dict(acquisition.hu), texture_hu=dict(acquisition.texture_hu)), acquisition
 
 
-def generate_ct_case(seed: int, shape=None, spacing=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None,
+                acquisition: str | CTAcquisition = "fixed") -> CTPhantom:
+    """One case. acquisition 'fixed' (default): shape (NIfTI order) and spacing default to 512 x 512 x 100 voxels
+    of 0.8 x 0.8 x 2.5 mm and enhancement (0 native, 1 portal venous) is drawn per case when None. 'train' or
+    'shifted' (or a CTAcquisition, e.g. a drawn one with fields replaced): the acquisition decides grid, phase and
+    kernel; shape and spacing, when given, force the grid (see CTAcquisition.grid); enhancement is ignored."""
+    if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
+        return render_abdomen(draw_abdomen(seed, enhancement), btcv_grid(shape, spacing))
+    if isinstance(acquisition, str):
+        subject, acquisition = acquired_subject(seed, acquisition)
+    else:
+        subject = vary_abdomen(draw_abdomen(seed), acquisition.anatomy.fat_extra_mm, acquisition.anatomy.organ_scale,
+                               acquisition.hu, acquisition.texture_hu, CT_ANATOMY["min_fat_mm"])
+    return render_abdomen(subject, acquisition.grid(shape, spacing), acquisition)
+
+
+def generate_ct_case(seed: int, shape=None, spacing=None, acquisition: str = "fixed"
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'image', 'label'} -> (array in (k, j, i) order, 4x4 ijk-to-RAS)."""
-    phantom = simulate_ct(seed, shape, spacing)
+    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition)
     return {"image": (phantom.image, phantom.ijk_to_ras), "label": (phantom.label, phantom.ijk_to_ras)}

@@ -10,14 +10,14 @@ Drawing is separate from rendering, so one seed gives the same patient on any gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from scipy.spatial.transform import Rotation
 
 from .fields import SmoothField, random_rotation
-from .shapes import Ellipsoid, smooth_tube
+from .shapes import Ellipsoid, Tube, smooth_tube
 
 # (native, portal venous) HU; the case's contrast phase interpolates between them.
 HU = {
@@ -140,6 +140,7 @@ class AbdomenSubject:
     stomach_gas_depth_mm: float
     noise_hu: float
     fields: dict[str, SmoothField] = field(default_factory=dict)
+    texture_hu: dict[str, float] = field(default_factory=dict)  # organ texture amplitudes overriding the defaults
 
 
 def _u(rng, low, high):
@@ -173,6 +174,36 @@ def draw_abdomen(seed: int, enhancement: float | None = None) -> AbdomenSubject:
               (("texture", 12.0), ("bone", 6.0), ("bowel", 9.0), ("bubbles", 14.0), ("lung", 5.0))}
     return AbdomenSubject(seed, contrast, trunk, spine, diaphragm, ribs, organs, hu,
                           stomach_gas_depth_mm=_u(rng, 8, 35), noise_hu=_u(rng, 9.0, 18.0), fields=fields)
+
+
+def _scaled_shape(shape, factor: float, about: np.ndarray):
+    if isinstance(shape, Ellipsoid):
+        return Ellipsoid(about + factor * (shape.centre - about), shape.radii * factor, shape.rotation)
+    return Tube(about + factor * (shape.points - about), shape.radii * factor)
+
+
+def scale_solid(solid: Solid, factor: float) -> Solid:
+    """The solid grown or shrunk by factor about the centre of its bounding box (roughness is relative)."""
+    low, high = (np.min([s.bounds()[0] for s in solid.shapes], axis=0),
+                 np.max([s.bounds()[1] for s in solid.shapes], axis=0))
+    about = (low + high) / 2.0
+    return Solid(tuple(_scaled_shape(s, factor, about) for s in solid.shapes), solid.roughness, solid.field)
+
+
+def vary_abdomen(subject: AbdomenSubject, fat_extra_mm=(0.0, 0.0, 0.0), organ_scale=None, hu=None,
+                 texture_hu=None, min_fat_mm: float = 5.0) -> AbdomenSubject:
+    """The same patient with more or less subcutaneous fat (anterior, lateral, posterior mm; the muscle wall, the
+    cavity and everything inside stay put), some organs scaled about their centres, and other tissue HU."""
+    trunk = subject.trunk
+    fat = tuple(max(f + d, min_fat_mm) for f, d in zip(trunk.fat, fat_extra_mm))
+    grow = [new - old for new, old in zip(fat, trunk.fat)]
+    trunk = Trunk(half_width=trunk.half_width + grow[1], front=trunk.front + grow[0], back=trunk.back + grow[2],
+                  fat=fat, muscle=trunk.muscle)
+    organs = dict(subject.organs)
+    for name, factor in (organ_scale or {}).items():
+        organs[name] = scale_solid(organs[name], factor)
+    return replace(subject, trunk=trunk, organs=organs, hu=dict(hu) if hu is not None else subject.hu,
+                   texture_hu=dict(texture_hu or {}))
 
 
 def _draw_frame(rng) -> tuple[Trunk, Spine, Diaphragm, tuple[Rib, ...]]:

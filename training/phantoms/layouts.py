@@ -6,14 +6,20 @@ IXI:       ROOT/IXI-T1/IXI012-HH-1211-T1.nii.gz and ROOT/IXI-T2/IXI012-HH-1211-T
            stored sagittally and T2 axially on different grids, as IXI does. "HH" (Hammersmith, the 3 T site)
            because the tissue values are 3 T ones. Unlike IXI, the phantoms are skull-stripped.
 Every case of a dataset gets its own seed derived from the dataset seed and the case index.
+
+The BraTS and BTCV dataset writers take an acquisition profile (fixed, train, shifted; see acquisition.py) and
+record every case's phantom info (seed, grid, drawn acquisition) in ROOT/acquisitions.json, {"cases": {name:
+info}}, merged with the entries already there; the dataset readers ignore the file.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from .acquisition import check_profile
 from .brain import BRATS_CENTRE_RAS, SEQUENCES, draw_subject, render_subject, simulate_brain
 from .ct import simulate_ct
 from .geometry import Grid, lps_grid
@@ -29,31 +35,76 @@ def brats_case_name(number: int) -> str:
     return f"BraTS-GLI-{number:05d}-000"
 
 
-def write_brats_case(root, number: int, seed: int, shape=None) -> dict[str, Path]:
+ACQUISITIONS_JSON = "acquisitions.json"
+
+
+def _phantom_record(info: dict, profile: str) -> dict:
+    record = {k: v for k, v in info.items() if k != "acquisition"}
+    record["acquisition"] = info.get("acquisition", {"profile": profile})
+    return record
+
+
+def write_acquisitions(root, records: dict[str, dict]) -> Path:
+    """Merge {case name: phantom info} into ROOT/acquisitions.json."""
+    path = Path(root) / ACQUISITIONS_JSON
+    cases = json.loads(path.read_text()).get("cases", {}) if path.is_file() else {}
+    cases.update(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cases": dict(sorted(cases.items()))}, indent=1) + "\n")
+    return path
+
+
+def _write_brats_case(root, number: int, seed: int, shape, acquisition: str) -> tuple[dict[str, Path], dict]:
     name = brats_case_name(number)
     folder = Path(root) / name
-    phantom = simulate_brain(seed, shape)
+    phantom = simulate_brain(seed, shape, acquisition=acquisition)
     paths = {seq: write_nifti(folder / f"{name}-{seq}.nii.gz", phantom.images[seq], phantom.ijk_to_ras, np.int16)
              for seq in SEQUENCES}
     paths["seg"] = write_nifti(folder / f"{name}-seg.nii.gz", phantom.seg, phantom.ijk_to_ras, np.uint8)
-    return paths
+    return paths, _phantom_record(phantom.info, acquisition)
 
 
-def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0) -> list[dict[str, Path]]:
-    return [write_brats_case(root, start + i, case_seed(seed, i), shape) for i in range(n)]
+def write_brats_case(root, number: int, seed: int, shape=None, acquisition: str = "fixed") -> dict[str, Path]:
+    return _write_brats_case(root, number, seed, shape, acquisition)[0]
 
 
-def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None) -> dict[str, Path]:
+def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0,
+                        acquisition: str = "fixed") -> list[dict[str, Path]]:
+    check_profile(acquisition)
+    cases, records = [], {}
+    for i in range(n):
+        paths, records[brats_case_name(start + i)] = _write_brats_case(root, start + i, case_seed(seed, i), shape,
+                                                                       acquisition)
+        cases.append(paths)
+    write_acquisitions(root, records)
+    return cases
+
+
+def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str) -> tuple[dict[str, Path], dict]:
     root = Path(root)
-    phantom = simulate_ct(seed, shape, spacing)
-    return {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
-                                 np.int16),
-            "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
-                                 np.uint8)}
+    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition)
+    paths = {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
+                                  np.int16),
+             "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
+                                  np.uint8)}
+    return paths, _phantom_record(phantom.info, acquisition)
 
 
-def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1) -> list[dict]:
-    return [write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing) for i in range(n)]
+def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None, acquisition: str = "fixed"
+                    ) -> dict[str, Path]:
+    return _write_btcv_case(root, number, seed, shape, spacing, acquisition)[0]
+
+
+def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
+                       acquisition: str = "fixed") -> list[dict]:
+    check_profile(acquisition)
+    cases, records = [], {}
+    for i in range(n):
+        paths, records[f"{start + i:04d}"] = _write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing,
+                                                              acquisition)
+        cases.append(paths)
+    write_acquisitions(root, records)
+    return cases
 
 
 IXI_T1 = ((256, 256, 150), (0.9375, 0.9375, 1.2))  # sagittal: i posterior, j superior, k right

@@ -15,6 +15,12 @@ PD of white and grey matter follows their water content (about 0.70 and 0.80, e.
 rows are phantom choices that respect the qualitative findings of glioma relaxometry, not measured values.
 Gadolinium shortens relaxation as 1/T = 1/T0 + r*C with r1 ~ 4.5 and r2 ~ 5.5 /mM/s at 3 T for the macrocyclic
 agents in plasma (Rohrer et al., Invest Radiol 2005); concentrations are leaky tumour rim vs intact barrier.
+
+At 1.5 T (TISSUES_1_5T, used by the randomised acquisition profiles) T1 is shorter and T2 slightly longer:
+white matter 650 / 80 ms, grey matter 1100 / 105 ms, CSF 4000 / 1800 ms (Gelman et al., Radiology 1999: WM ~660,
+GM ~1190 ms at 1.5 T; Stanisz et al. 2005), tumour rows kept longer than grey matter as at 3 T (oedema 1400 / 210,
+enhancing 1500 / 130, necrosis 2300 / 420). Proton density does not depend on the field. The gadolinium
+relaxivities above are kept at 1.5 T (macrocyclic agents differ by about 10 % between the fields).
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ TISSUES_3T = {
     "edema": Tissue(1500.0, 200.0, 0.86),
     "enhancing": Tissue(1750.0, 125.0, 0.85),
     "necrosis": Tissue(2600.0, 400.0, 0.95),
+}
+TISSUES_1_5T = {
+    "wm": Tissue(650.0, 80.0, 0.70),
+    "gm": Tissue(1100.0, 105.0, 0.80),
+    "csf": Tissue(4000.0, 1800.0, 1.00),
+    "edema": Tissue(1400.0, 210.0, 0.86),
+    "enhancing": Tissue(1500.0, 130.0, 0.85),
+    "necrosis": Tissue(2300.0, 420.0, 0.95),
 }
 GADOLINIUM_R1 = 4.5  # per mM per s
 GADOLINIUM_R2 = 5.5

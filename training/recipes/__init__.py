@@ -124,7 +124,7 @@ def parse_overrides(pairs: Iterable[str], config_file: str | Path | None = None)
     config: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = json.loads(Path(config_file).read_text())
+            loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read recipe config {config_file}: {exc}") from None
         if not isinstance(loaded, dict):

@@ -42,11 +42,20 @@ class CDMRecipe(StagedRecipe):
         # The paper's MDN sees no source image. True conditions it on a pooled source encoding: the frozen MRM
         # encoder applied to (T1, T2), so that the sampled representation fits the slice being translated.
         "mdn_source_condition": False,
+        # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
+        # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
+        "spacing_mm": None,
+        "slice_thickness_mm": None,
+        # Acquisition randomization of the training slices (training.data.augment): "acquisition" (default ranges),
+        # "none", or {"seed": int, <range field>: value, ...} over the defaults. Never applied outside training.
+        "augment": "acquisition",
         "name": "cdm-tiny-phantom",
         "version": "0.1.0",
     }
 
     stages = STAGES
+    normalization_kind = "mri_percentile"
+    modality = "mri"
 
     def architecture_table(self):
         return CDM_CONFIGS
@@ -78,8 +87,8 @@ class CDMRecipe(StagedRecipe):
         return [c for c in chosen if {"t1n", "t2w", "t1c", "t2f"} <= set(c.paths)]
 
     def train_dataset(self):
-        return TranslationSlices(self._cases(train=True), self.architecture["image_size"], Path(self.config["cache_dir"]),
-                                 self.config["min_foreground"])
+        return TranslationSlices(self._cases(train=True), self.model_grid(), Path(self.config["cache_dir"]),
+                                 self.config["min_foreground"], augment=self.augmentation())
 
     def loss(self, model, batch, generator):
         sources, targets = batch["sources"], batch["targets"]
@@ -126,8 +135,12 @@ class CDMRecipe(StagedRecipe):
                          "steps": self.config["sampling_steps"], "eta": 0.0, "timestep_spacing": "leading",
                          # the last DDIM step lands on x0_hat itself, not on the slightly noisy abar_0 level
                          "set_alpha_to_one": True},
+            "geometry": self.geometry_card(),
             "metrics": {},
             "license": LICENSE,
             "citation": CITATION,
             "intended_use": PHANTOM_NOTICE,
+            # Trained on BraTS-style cases; an input that is not skull-stripped is warned about at run time.
+            "input_requirements": {"skull_stripped": True, "co_registered": True,
+                                   "note": "skull-stripped brain MRI, T1 and T2 co-registered (BraTS-style)"},
         }

@@ -10,7 +10,9 @@ from torch import nn
 
 from MedDiffusionExtension.diffusion import NoiseSchedule
 from MedDiffusionExtension.errors import InputError
+from MedDiffusionExtension.volume.slices import ModelGrid
 from MedDiffusionExtension.weights import load_model
+from MedDiffusionExtension.weights.card import Geometry, Normalization
 
 from . import Recipe
 
@@ -48,6 +50,8 @@ class StagedRecipe(Recipe):
     (config "architecture") and a noise schedule (config "schedule")."""
 
     stages: ClassVar[tuple[str, ...]] = ()
+    normalization_kind: ClassVar[str] = "none"  # the card's normalization kind (gives the default spacing)
+    modality: ClassVar[str] = ""  # "ct" | "mri": which acquisition randomization its training slices get
 
     def __init__(self, config=None, name=None, check_keys=True):
         super().__init__(config, name, check_keys)
@@ -65,6 +69,35 @@ class StagedRecipe(Recipe):
     @property
     def stage(self) -> str:
         return self.config["stage"]
+
+    def model_grid(self) -> ModelGrid:
+        """The field of view slices are prepared for: config spacing_mm, or the data's default (weights.card)."""
+        spacing = self.config.get("spacing_mm")
+        if spacing is None:
+            default = Geometry.legacy_default(Normalization(self.normalization_kind), self.architecture["image_size"])
+            spacing = default.in_plane_spacing_mm
+        return ModelGrid(self.architecture["image_size"], spacing)
+
+    def augmentation(self):
+        """The training slices' acquisition randomization (config "augment"), at the model's spacing; None: off."""
+        from ..data import build_augmentation
+
+        grid = self.model_grid()
+        fixed = {"spacing_mm": grid.spacing_mm} if grid.spacing_mm else {}
+        return build_augmentation(self.config.get("augment"), self.modality, **fixed, **self.augmentation_fixed())
+
+    def augmentation_fixed(self) -> dict:
+        """Augmentation fields the recipe's own config decides (e.g. the CT window)."""
+        return {}
+
+    def geometry_card(self) -> dict:
+        """The card's `geometry`: the training spacing and the slice thicknesses training simulated (config
+        slice_thickness_mm when given, else the augmentation's range)."""
+        thickness = self.config.get("slice_thickness_mm")
+        augmentation = self.augmentation()
+        if thickness is None and augmentation is not None:
+            thickness = augmentation.params.thickness_mm
+        return Geometry(self.model_grid().spacing_mm, None if thickness is None else tuple(thickness)).to_dict()
 
     def architecture_table(self) -> dict[str, dict]:
         """Named architectures for this stage (e.g. {"tiny": ..., "paper": ...})."""

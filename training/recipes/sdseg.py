@@ -28,6 +28,9 @@ class SDSegRecipe(StagedRecipe):
     defaults = {
         "stage": "autoencoder",
         "init": None,
+        # True: `init` is a model of this same stage to train further (all weights kept, no re-initialisation of
+        # the vision encoder, the loaded latent scale kept): how the bundled 0.2.0 continued from 0.1.0.
+        "finetune": False,
         "data_root": "data/btcv_phantoms",
         "cache_dir": "cache/sdseg",
         "architecture": "tiny",
@@ -36,11 +39,20 @@ class SDSegRecipe(StagedRecipe):
         "kl_weight": 1e-6,
         "latent_loss_weight": 1.0,  # lambda
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
+        # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
+        # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
+        "spacing_mm": None,
+        "slice_thickness_mm": None,
+        # Acquisition randomization of the training slices (training.data.augment): "acquisition" (default ranges),
+        # "none", or {"seed": int, <range field>: value, ...} over the defaults. Never applied outside training.
+        "augment": "acquisition",
         "name": "sdseg-tiny-phantom",
         "version": "0.1.0",
     }
 
     stages = STAGES
+    normalization_kind = "ct_window"
+    modality = "ct"
 
     def architecture_table(self):
         return SEGUNET_CONFIGS if self.stage == "segunet" else SDSEG_CONFIGS
@@ -49,7 +61,7 @@ class SDSegRecipe(StagedRecipe):
         if self.stage == "segunet":
             return build_model("segunet", self.architecture)
         model = load_stage(build_model("sdseg", self.architecture), self.config["init"])
-        if self.stage == "ldm" and self.config["init"]:
+        if self.stage == "ldm" and self.config["init"] and not self.config["finetune"]:
             # The vision encoder starts as a copy of the trained mask encoder (the paper's initialisation).
             model.vision_encoder.init_from_autoencoder(model.autoencoder)
         return model
@@ -63,11 +75,14 @@ class SDSegRecipe(StagedRecipe):
 
     def train_dataset(self):
         cases = btcv_split(read_btcv(Path(self.config["data_root"])))[0]
-        return SegmentationSlices(cases, self.architecture["image_size"], Path(self.config["cache_dir"]),
-                                  tuple(self.config["window"]), self.config["labels"])
+        return SegmentationSlices(cases, self.model_grid(), Path(self.config["cache_dir"]), tuple(self.config["window"]),
+                                  self.config["labels"], augment=self.augmentation())
+
+    def augmentation_fixed(self) -> dict:
+        return {"window": tuple(self.config["window"])}
 
     def on_start(self, model, loader):
-        if self.stage != "ldm":
+        if self.stage != "ldm" or self.config["finetune"]:
             return None
         batch = next(iter(loader))
         with torch.no_grad():
@@ -127,6 +142,7 @@ class SDSegRecipe(StagedRecipe):
                          # trailing spacing starts multi-step DDIM at t = 999 like the single step; the last step
                          # lands on the z0 estimate itself
                          "timestep_spacing": "trailing", "set_alpha_to_one": True},
+            "geometry": self.geometry_card(),
             "metrics": {},
             "license": LICENSE,
             "citation": CITATION,

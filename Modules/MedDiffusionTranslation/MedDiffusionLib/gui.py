@@ -202,7 +202,11 @@ class RunWidgetMixin:
         self.updatePanel()
         if result.succeeded:
             names = ", ".join(node.GetName() for node in result.nodes.values())
-            self.ui.statusLabel.text = _("Created: {names}").format(names=names)
+            # The runner's warnings (an input that does not look like the training data, a registration's
+            # transform, a T2 resampled onto the T1 grid) stay visible under the result.
+            lines = [_("Created: {names}").format(names=names)]
+            lines += [_("Note: {warning}").format(warning=warning) for warning in result.warnings]
+            self.ui.statusLabel.text = "\n".join(lines)
         elif result.status == CANCELLED:
             self.ui.statusLabel.text = _("Cancelled; nothing was added.")
         else:
