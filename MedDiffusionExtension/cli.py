@@ -1,4 +1,4 @@
-"""The `meddiffusion` command line: translate, segment, models, info, demo.
+"""The `meddiffusion` command line: translate, segment, models, info, demo, web.
 
 Bad input ends with one line `error: ...` on stderr and a non-zero exit, no traceback unless --debug, and no output
 file left behind (outputs are written all-or-nothing at the very end).
@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the bundled models on the bundled sample cases")
     demo.add_argument("--out-dir", type=Path, default=Path("out/demo"))
     demo.add_argument("--device", default="auto")
+
+    web = commands.add_parser("web", help="the browser app (trame-slicer): sample cases, upload, both tasks, downloads")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only); any other needs the access token")
+    web.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    web.add_argument("--token", help="access token to require (default with a non-local --host: a random one, printed)")
+    web.add_argument("--max-upload-mb", type=float, default=512, help="upload size limit in MB")
+    web.add_argument("--open", action="store_true", help="open the page in this machine's browser")
+    web.add_argument("--device", default="auto", help="device of the runs: auto | cpu | cuda | cuda:N | mps")
     return parser
 
 
@@ -149,8 +158,23 @@ def _dispatch(args: argparse.Namespace, cancel: CancelToken) -> int:
     handler = {
         "translate": commands.run_command, "segment": commands.run_command,
         "models": commands.models_command, "info": commands.info_command, "demo": commands.demo_command,
+        "web": _web_command,
     }[args.command]
     return handler(args, cancel) or 0
+
+
+def _web_command(args: argparse.Namespace, cancel: CancelToken) -> int:
+    """The web app (MedDiffusionWeb, beside this package in the source checkout; needs the web extra)."""
+    try:
+        from MedDiffusionWeb import server
+    except ImportError:
+        raise InputError("the web app (MedDiffusionWeb) is not installed here; run it from the source checkout "
+                         "after `make venv`") from None
+    try:
+        return server.serve(host=args.host, port=args.port, token=args.token, max_upload_mb=args.max_upload_mb,
+                            open_browser=args.open, device=args.device)
+    except server.WebUnavailable as error:
+        raise InputError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_timing_on_cpu_never_touches_cuda(monkeypatch):
 def test_bench_command_measures_in_its_own_process_and_writes_json(tmp_path, capsys):
     out = tmp_path / "benchmarks.json"
     assert training_main(["bench", "--task", "engine_overhead", "--device", "cpu", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text(encoding="utf-8"))
     assert set(results) == {"machine", "engine_overhead"} and results["machine"]["device"] == "cpu"
     measured = results["engine_overhead"]
     assert "error" not in measured, measured

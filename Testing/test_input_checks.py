@@ -95,7 +95,7 @@ def test_one_warning_names_every_unstripped_input(heads):
 
 
 def _bundled_card() -> dict:
-    return json.loads((ROOT / "Resources" / "Models" / "cdm-tiny-phantom" / "card.json").read_text())
+    return json.loads((ROOT / "Resources" / "Models" / "cdm-tiny-phantom" / "card.json").read_text(encoding="utf-8"))
 
 
 def test_bundled_translation_card_states_its_input_requirements():
@@ -109,7 +109,7 @@ def test_cards_without_the_field_get_their_task_default(tmp_path):
     del data["input_requirements"]
     assert parse_card(data, tmp_path).input_requirements == InputRequirements.default_for("translation")
     assert InputRequirements.default_for("translation").skull_stripped
-    segmentation = json.loads((ROOT / "Resources" / "Models" / "sdseg-tiny-phantom" / "card.json").read_text())
+    segmentation = json.loads((ROOT / "Resources" / "Models" / "sdseg-tiny-phantom" / "card.json").read_text(encoding="utf-8"))
     requirements = parse_card(segmentation, tmp_path).input_requirements
     assert (requirements.skull_stripped, requirements.co_registered) == (False, False)
 

@@ -36,7 +36,7 @@ def _is_package(module: str) -> bool:
 def _imports(module: str, module_level_only: bool) -> list[tuple[str, list[str], int]]:
     """(imported module, names imported from it, line) for each import statement of `module`; relative imports are
     resolved to absolute names. module_level_only skips function bodies and `if TYPE_CHECKING:` blocks."""
-    tree = ast.parse(MODULES[module].read_text(), filename=str(MODULES[module]))
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"), filename=str(MODULES[module]))
     package = module if _is_package(module) else module.rpartition(".")[0]
     found = []
 
@@ -149,7 +149,7 @@ def _installed_directories() -> list[str]:
     """The DIRECTORY arguments of every install()/file(COPY|INSTALL) in the project's CMakeLists.txt files."""
     found = []
     for cmake in [ROOT / "CMakeLists.txt", *sorted((ROOT / "Modules").rglob("CMakeLists.txt"))]:
-        text = re.sub(r"#[^\n]*", "", cmake.read_text())
+        text = re.sub(r"#[^\n]*", "", cmake.read_text(encoding="utf-8"))
         pattern = r"\b(?:install\s*\(\s*DIRECTORY|file\s*\(\s*(?:COPY|INSTALL))\s+(.*?)\s+DESTINATION"
         for match in re.finditer(pattern, text, re.S | re.I):
             found.extend(re.sub(r"^\$\{[^}]+\}/", "", word.strip('"')) for word in match.group(1).split())

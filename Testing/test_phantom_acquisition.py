@@ -58,7 +58,7 @@ def test_fixed_profile_reproduces_the_generator_before_profiles(tmp_path):
     cases = write_brats_dataset(tmp_path / "mr", 2, seed=0, shape=(40, 40, 24))
     written = {p.name: sha256_of(p)[:16] for c in cases for p in c.values()}
     assert {name: written[name] for name in BEFORE["brats"]} == BEFORE["brats"]
-    record = json.loads((tmp_path / "ct" / "acquisitions.json").read_text())["cases"]["0001"]
+    record = json.loads((tmp_path / "ct" / "acquisitions.json").read_text(encoding="utf-8"))["cases"]["0001"]
     assert record["acquisition"] == {"profile": "fixed"} and record["shape"] == [48, 48, 16]
 
 
@@ -271,12 +271,12 @@ def test_brain_drawn_grid_is_used_without_a_shape():
 def test_cli_acquisition_flag_writes_acquisitions_json(tmp_path, capsys):
     assert main(["btcv", "--out", str(tmp_path / "ct"), "--n", "2", "--seed", "3", "--shape", "48x48x12",
                  "--acquisition", "shifted"]) == 0
-    cases = json.loads((tmp_path / "ct" / "acquisitions.json").read_text())["cases"]
+    cases = json.loads((tmp_path / "ct" / "acquisitions.json").read_text(encoding="utf-8"))["cases"]
     assert sorted(cases) == ["0001", "0002"]
     assert all(c["acquisition"]["profile"] == "shifted" and c["truncated"] for c in cases.values())
     assert main(["brats", "--out", str(tmp_path / "mr"), "--n", "1", "--shape", "32x32x20",
                  "--acquisition", "train"]) == 0
-    case = json.loads((tmp_path / "mr" / "acquisitions.json").read_text())["cases"]["BraTS-GLI-00000-000"]
+    case = json.loads((tmp_path / "mr" / "acquisitions.json").read_text(encoding="utf-8"))["cases"]["BraTS-GLI-00000-000"]
     assert case["acquisition"]["profile"] == "train" and case["shape"] == [32, 32, 20]
     from training.data.layouts import read_brats, read_btcv
     assert [c.case_id for c in read_btcv(tmp_path / "ct")] == ["0001", "0002"]

@@ -150,7 +150,7 @@ def test_cli_register_reports_and_records_the_transform(tmp_path, moved_case, ca
     assert "skull" not in err  # the phantom is skull-stripped
     record_path = tmp_path / "out" / "registration.json"
     assert out.split() == [str(tmp_path / "out" / "t1c.nii.gz"), str(record_path)]
-    record = json.loads(record_path.read_text())["registrations"][0]
+    record = json.loads(record_path.read_text(encoding="utf-8"))["registrations"][0]
     truth = np.linalg.inv(motion)
     centre = np.array(record["centre_ras_mm"])
     np.testing.assert_allclose(record["rotation_deg"], euler_angles_deg(truth[:3, :3]), atol=1.0)
@@ -167,7 +167,8 @@ def test_cohort_register_writes_a_record_per_case(tmp_path, moved_case, capsys):
                         "--register", "--targets", "t1c", "--quiet")
     assert code == 0, err
     assert "warning: registered T2 to T1" in err
-    assert json.loads((tmp_path / "out" / "case-a" / "registration.json").read_text())["registrations"][0]["moving"] == "T2"
+    record = json.loads((tmp_path / "out" / "case-a" / "registration.json").read_text(encoding="utf-8"))
+    assert record["registrations"][0]["moving"] == "T2"
 
 
 def test_runner_job_with_register_reports_the_transform(tmp_path, moved_case):

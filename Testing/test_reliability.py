@@ -305,7 +305,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, mri, capsys):
 
 def _user_model(root: Path, edit) -> Path:
     folder = write_micro_model(root, "sdseg", name="sdseg-broken")
-    card = json.loads((folder / "card.json").read_text())
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     edit(card, folder)
     (folder / "card.json").write_text(json.dumps(card))
     return folder

@@ -34,7 +34,7 @@ def ui_widgets(root) -> dict[str, str]:
 
 def parameter_fields(name) -> set[str]:
     """Annotated fields of the module's @parameterNodeWrapper class, read from the source (no import needed)."""
-    tree = ast.parse((MODULES[name] / f"{name}.py").read_text())
+    tree = ast.parse((MODULES[name] / f"{name}.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
             return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
@@ -64,7 +64,7 @@ def test_every_widget_the_code_uses_exists_in_the_ui(name):
     # The module's own widget code, and the mixin both widgets share.
     shared = MODULE_FOLDERS[0] / "MedDiffusionLib" / "gui.py"
     for path in (MODULES[name] / f"{name}.py", shared):
-        used = set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
+        used = set(re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8")))
         missing = used - set(ui_widgets(ui_tree(name)))
         assert used and not missing, f"{path.name} uses widgets absent from {name}.ui: {sorted(missing)}"
 
@@ -95,7 +95,7 @@ def _cmake_list(cmake: str, variable: str) -> list[str]:
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_cmakelists_lists_every_python_file_and_resource(name):
     folder = MODULES[name]
-    cmake = (folder / "CMakeLists.txt").read_text()
+    cmake = (folder / "CMakeLists.txt").read_text(encoding="utf-8")
     resolve = lambda entries: {e.replace("${MODULE_NAME}", name) for e in entries}  # noqa: E731
     scripts = resolve(_cmake_list(cmake, "MODULE_PYTHON_SCRIPTS"))
     resources = resolve(_cmake_list(cmake, "MODULE_PYTHON_RESOURCES"))
@@ -109,7 +109,7 @@ def test_cmakelists_lists_every_python_file_and_resource(name):
 
 def _cmake_calls(path, command) -> list[list[str]]:
     """The arguments of every `command(...)` in a CMake file, comments dropped, quotes removed."""
-    text = re.sub(r"#[^\n]*", "", path.read_text())
+    text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
     return [shlex.split(m.group(1)) for m in re.finditer(rf"\b{command}\((.*?)\)", text, re.S)]
 
 
@@ -170,7 +170,7 @@ def test_cmake_build_tree_and_install_tree_hold_the_same_runtime_files(tmp_path)
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_file_has_the_template_classes(name):
-    tree = ast.parse((MODULES[name] / f"{name}.py").read_text())
+    tree = ast.parse((MODULES[name] / f"{name}.py").read_text(encoding="utf-8"))
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {name, f"{name}ParameterNode", f"{name}Widget", f"{name}Logic", f"{name}Test"} <= classes
     icon = MODULES[name] / "Resources" / "Icons" / f"{name}.png"

@@ -172,7 +172,7 @@ def test_client_reports_success_refusal_and_crash(tmp_path, models, volumes):
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")  # a killed orphan may stay a zombie until PID 1 reaps it
@@ -198,7 +198,7 @@ def test_cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored(tmp_pa
     outcome = client.start().wait(timeout=60)
     assert outcome.status == process.CANCELLED
     assert time.monotonic() - started < 30
-    child = int(pids.read_text())
+    child = int(pids.read_text(encoding="utf-8"))
     for _ in range(50):  # SIGKILL is delivered asynchronously
         if not _alive(child):
             break
@@ -231,7 +231,7 @@ def test_cancel_ends_at_once_when_a_launcher_dies_on_sigterm_and_its_child_holds
     while not (seen and pids.exists()):  # the child ignores SIGTERM from here on
         assert not client.poll() and time.monotonic() < deadline, "the fake launcher did not start"
         time.sleep(0.01)
-    child = int(pids.read_text())
+    child = int(pids.read_text(encoding="utf-8"))
 
     cancelled = time.monotonic()
     client.cancel()

@@ -28,7 +28,7 @@ def _registry(models_dir) -> ModelRegistry:
 
 
 def _card_data(models_dir, name="cdm-micro-test") -> dict:
-    return json.loads((models_dir / name / "card.json").read_text())
+    return json.loads((models_dir / name / "card.json").read_text(encoding="utf-8"))
 
 
 def test_the_task_layer_imports_no_torch():
@@ -97,7 +97,7 @@ def test_default_model_choice(models_dir, tmp_path):
     flagged = write_micro_model(root, "cdm", name="c-cdm")
     registry = ModelRegistry([root])
     assert tasks.choose_model("translation", registry=registry).name == "b-cdm"  # by name without a flag
-    data = json.loads((flagged / "card.json").read_text())
+    data = json.loads((flagged / "card.json").read_text(encoding="utf-8"))
     (flagged / "card.json").write_text(json.dumps(dict(data, default=True)))
     assert tasks.choose_model("translation", registry=registry).name == "c-cdm"
     with pytest.raises(InputError, match="no SDSeg model is installed"):
@@ -179,7 +179,7 @@ def test_runner_refuses_outputs_that_differ_from_the_contract(tmp_path):
 def test_segment_labels_use_the_cards_segment(models_dir, tmp_path, monkeypatch):
     root = tmp_path / "models"
     folder = write_micro_model(root, "sdseg")
-    data = json.loads((folder / "card.json").read_text())
+    data = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     (folder / "card.json").write_text(json.dumps(dict(data, segments=[{"name": "liver", "label": 6, "color": [1, 0, 0]}])))
     monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(root))
     rng = np.random.default_rng(0)

@@ -119,6 +119,10 @@ if [[ $what == sdseg-v2 ]]; then
   run_stage segunet-v2 && train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet-v2" \
     --max-steps ${SDSEG_SEGUNET_V2_STEPS:-400} --time-budget ${SDSEG_SEGUNET_V2_SECONDS:-1200} --batch-size 8 --lr 1e-3 \
     --warmup-steps 20 --ema-decay 0.995
+  # ... resumed for the rest of the LDM fine-tune's wall time (the first run shared the CPU with three others).
+  train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet-v2" --resume auto \
+    --max-steps ${SDSEG_SEGUNET_V2_STEPS:-400} --time-budget ${SDSEG_SEGUNET_V2_MORE_SECONDS:-900} --batch-size 8 --lr 1e-3 \
+    --warmup-steps 20 --ema-decay 0.995
   export_model "$RUNS/sdseg-segunet-v2" "$RUNS/segunet-tiny-phantom" --raw-weights
 fi
 
@@ -126,12 +130,12 @@ if [[ $what == eval-v2 ]]; then
   # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids.
   evaluate() { "$PY" -m training evaluate "$@"; }
   evaluate segmentation --data-root data/btcv_phantoms_v2 --model sdseg-tiny-phantom --baseline "$RUNS/segunet-tiny-phantom" \
-    --out docs/evaluation/sdseg --update-card --command-note "Phantoms of randomized acquisitions (profile train)."
+    --out docs/evaluation/sdseg --update-card --core --command-note "Phantoms of randomized acquisitions (profile train)."
   evaluate segmentation --data-root data/btcv_phantoms_shifted --split all --core --model sdseg-tiny-phantom \
     --baseline "$RUNS/segunet-tiny-phantom" --out docs/evaluation/sdseg-shifted --update-card --card-key shifted \
     --command-note "Held-out acquisitions (profile shifted), other subjects."
   evaluate translation --data-root data/brats_phantoms_v2 --model cdm-tiny-phantom --baseline "$RUNS/cunet-m1-tiny-phantom" \
-    --out docs/evaluation/cdm --update-card --command-note "Phantoms of randomized acquisitions (profile train)."
+    --out docs/evaluation/cdm --update-card --core --command-note "Phantoms of randomized acquisitions (profile train)."
   evaluate translation --data-root data/brats_phantoms_shifted --split all --core --model cdm-tiny-phantom \
     --baseline "$RUNS/cunet-m1-tiny-phantom" --out docs/evaluation/cdm-shifted --update-card --card-key shifted \
     --command-note "Held-out acquisitions (profile shifted), other subjects."

@@ -47,10 +47,10 @@ def _phantom_record(info: dict, profile: str) -> dict:
 def write_acquisitions(root, records: dict[str, dict]) -> Path:
     """Merge {case name: phantom info} into ROOT/acquisitions.json."""
     path = Path(root) / ACQUISITIONS_JSON
-    cases = json.loads(path.read_text()).get("cases", {}) if path.is_file() else {}
+    cases = json.loads(path.read_text(encoding="utf-8")).get("cases", {}) if path.is_file() else {}
     cases.update(records)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cases": dict(sorted(cases.items()))}, indent=1) + "\n")
+    path.write_text(json.dumps({"cases": dict(sorted(cases.items()))}, indent=1) + "\n", encoding="utf-8")
     return path
 
 

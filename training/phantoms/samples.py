@@ -55,7 +55,7 @@ def write_samples(out_dir) -> dict[str, str]:
     entries.append((path, "CT labels", "BTCV organ labels 1-13", ct.info))
 
     digests = {path.name: sha256_of(path) for path, *_ in entries}
-    (out_dir / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()))
+    (out_dir / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()), encoding="utf-8")
     manifest = {
         "generator": "python -m training phantoms samples --out Resources/SampleData",
         "attribution": TEMPLATE_ATTRIBUTION,
@@ -63,12 +63,12 @@ def write_samples(out_dir) -> dict[str, str]:
                    "bytes": path.stat().st_size, "phantom": {k: v for k, v in info.items() if k != "protocol"}}
                   for path, kind, description, info in entries],
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return digests
 
 
 def read_checksums(folder) -> dict[str, str]:
-    lines = (Path(folder) / CHECKSUMS).read_text().splitlines()
+    lines = (Path(folder) / CHECKSUMS).read_text(encoding="utf-8").splitlines()
     return {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in lines if line.strip())}
 
 

@@ -116,7 +116,7 @@ class BackgroundJob:
         outputs = {name: str(self.outputPath(name)) for name in self.outputNames}
         job = dict(self.settings, task=self.task, inputs=inputs, outputs=outputs)
         path = self.folder / "job.json"
-        path.write_text(json.dumps(job, indent=2))
+        path.write_text(json.dumps(job, indent=2), encoding="utf-8")
         return path
 
     def _poll(self) -> None:

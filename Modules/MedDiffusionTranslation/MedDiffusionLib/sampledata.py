@@ -50,7 +50,7 @@ def readChecksums(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     checksums = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.strip().split(None, 1)
         if len(parts) == 2 and re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
             checksums[parts[1].lstrip("*")] = parts[0].lower()
