@@ -87,4 +87,7 @@ def test_bundled_cards_carry_the_numbers_of_their_evaluation_reports():
     metrics = sdseg["metrics"]
     assert metrics["measured_on"].startswith(f"{len(report['cases'])} held-out")
     assert single[1].startswith(f"{metrics['single_step']['dice']:.4f} ± ") and single[2] == metrics["single_step"]["iou"]
-    assert metrics["stability_pairwise_dice"] == report["stability"]["pairwise_dice"]
+    assert metrics.get("stability_pairwise_dice") == report["stability"].get("pairwise_dice")
+    for name, card in (("cdm", cdm), ("sdseg", sdseg)):  # and the held-out acquisitions, under their own key
+        shifted = json.loads((root / f"docs/evaluation/{name}-shifted/results.json").read_text(encoding="utf-8"))
+        assert card["metrics"]["shifted"]["measured_on"].startswith(f"{len(shifted['cases'])} held-out")
