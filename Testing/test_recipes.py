@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.pipelines import segment, translate
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.weights import load_model
@@ -75,6 +76,16 @@ def test_sdseg_stages_then_segment(tmp_path):
     image = read_volume(root / "img" / "img0001.nii.gz")
     result = segment(image=image, loaded=loaded, samples=2)
     assert result.labels.array.dtype == np.uint8 and result.probability is not None
+    # An inference-only export leaves out the mask encoder, segments identically, and refuses to start training.
+    slim = tmp_path / "slim"
+    assert training_main(["export", "--checkpoint", str(tmp_path / "ldm"), "--out", str(slim), "--inference-only"]) == 0
+    slim_model = load_model(slim)
+    assert not any(k.startswith("autoencoder.encoder.") for k in slim_model.tensors)
+    assert len(slim_model.tensors) < len(loaded.tensors)
+    again = segment(image=image, loaded=slim_model, samples=2)
+    assert np.array_equal(again.probability.array, result.probability.array)
+    with pytest.raises(InputError, match="inference-only"):
+        build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "init": str(slim)}).build_model()
 
 
 MICRO_SEGUNET = {"image_size": 32, "unet": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,

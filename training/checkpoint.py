@@ -116,6 +116,7 @@ def export(
     extra_card: dict[str, Any] | None = None,
     name: str | None = None,
     dtype: str | None = None,
+    inference_only: bool = False,
 ) -> Path:
     """Write a checkpoint's weights (EMA ones when there are) as a model folder the extension loads.
 
@@ -132,6 +133,12 @@ def export(
     weights_kind = "ema" if use_ema and state.get("ema") is not None else "raw"
     weights = ema_weights(state["ema"]) if weights_kind == "ema" else state["model"]
     tensors = {key: value.detach().clone() for key, value in recipe.export_tensors(weights).items()}
+    if inference_only:  # leave out what only training uses (e.g. SDSeg's mask encoder); such a folder cannot `init` training
+        from MedDiffusionExtension.models import build_model
+
+        card_fields = recipe.export_card()
+        prefixes = getattr(build_model(card_fields["method"], card_fields["architecture"]), "TRAINING_ONLY", ())
+        tensors = {key: value for key, value in tensors.items() if not key.startswith(prefixes)} if prefixes else tensors
     if dtype is not None:
         # Storage only (half the download for float16): the loader copies into the float32 network.
         target = getattr(torch, dtype)
@@ -149,6 +156,7 @@ def export(
         "data": state["data"],
         "weights": weights_kind,
         "stored_dtype": dtype or "as trained",
+        "inference_only": inference_only,
         "checkpoint": path.name,
         "config": {k: v for k, v in train_config.items() if k not in ("out_dir", "resume", "progress")},
     }

@@ -116,6 +116,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--card", metavar="JSON", help="JSON file of card fields to add or override")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                         help="store floating-point weights in this type (the network still computes in float32)")
+    parser.add_argument("--inference-only", action="store_true",
+                        help="leave out the parts only training uses (SDSeg's mask encoder): smaller, but cannot init training")
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -127,7 +129,8 @@ def _run_export(args: argparse.Namespace) -> int:
             extra = json.loads(Path(args.card).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read card fields from {args.card}: {exc}") from None
-    folder = export(args.checkpoint, args.out, use_ema=not args.raw_weights, extra_card=extra, name=args.name, dtype=args.dtype)
+    folder = export(args.checkpoint, args.out, use_ema=not args.raw_weights, extra_card=extra, name=args.name, dtype=args.dtype,
+                    inference_only=args.inference_only)
     print(f"exported {folder}")
     return 0
 

@@ -115,7 +115,8 @@ if [[ $what == sdseg-v2 ]]; then
   run_stage ldm-v2 && train "${common[@]}" --set stage=ldm --set init="$start" --set finetune=true --out-dir "$RUNS/sdseg-ldm-v2" \
     --max-steps ${SDSEG_LDM_V2_STEPS:-300} --time-budget ${SDSEG_LDM_V2_SECONDS:-2100} --batch-size 8 --lr 2e-4 --warmup-steps 20 \
     --ema-decay 0.995
-  export_model "$RUNS/sdseg-ldm-v2" Resources/Models/sdseg-tiny-phantom --raw-weights --dtype float16
+  # Inference-only (no mask encoder): the float16 file then stays under 25 MiB.
+  export_model "$RUNS/sdseg-ldm-v2" Resources/Models/sdseg-tiny-phantom --raw-weights --dtype float16 --inference-only
   run_stage segunet-v2 && train "${common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-segunet-v2" \
     --max-steps ${SDSEG_SEGUNET_V2_STEPS:-400} --time-budget ${SDSEG_SEGUNET_V2_SECONDS:-1200} --batch-size 8 --lr 1e-3 \
     --warmup-steps 20 --ema-decay 0.995

@@ -140,6 +140,10 @@ class SDSeg(nn.Module):
             self.denoiser.input.weight[:, z:] = 0.0  # the z_c inputs start silent, as SDSeg's added channels
         self.register_buffer("latent_scale", torch.tensor(1.0))
 
+    # The mask encoder only turns ground-truth masks into training targets: inference encodes the CT with the
+    # vision encoder and decodes the mask, so an inference-only export may leave it out (export --inference-only).
+    TRAINING_ONLY = ("autoencoder.encoder.",)
+
     @classmethod
     def from_config(cls, config: dict) -> "SDSeg":
         return cls(config)

@@ -16,6 +16,8 @@ def build_network(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:
     card = loaded.card
     network = build_model(card.method, card.architecture)
     missing, unexpected = network.load_state_dict(loaded.tensors, strict=False)
+    # Parts only training uses may be absent from an inference-only export; they keep their initialisation.
+    missing = [key for key in missing if not key.startswith(getattr(network, "TRAINING_ONLY", ()))]
     if missing or unexpected:
         raise InputError(f"weights of model {card.name!r} do not fit its architecture "
                          f"({len(missing)} missing, {len(unexpected)} unexpected tensors); re-export the model")

@@ -34,7 +34,11 @@ def load_stage(model: nn.Module, init: str | None, new_prefixes: tuple[str, ...]
         return model
     if not Path(init).is_dir():
         raise InputError(f"init={init} is not a model folder; pass the --out folder of the previous stage's export")
-    missing, unexpected = model.load_state_dict(load_model(init).tensors, strict=False)
+    loaded = load_model(init)
+    if loaded.card.data.get("training", {}).get("inference_only"):
+        raise InputError(f"init={init} is an inference-only export (parts only training uses were left out); "
+                         "export the checkpoint again without --inference-only")
+    missing, unexpected = model.load_state_dict(loaded.tensors, strict=False)
     unfit = list(unexpected) + [k for k in missing if not k.startswith(new_prefixes)]
     if unfit:
         raise InputError(f"init={init} does not fit this architecture ({', '.join(unfit[:3])}...); check --set architecture")
