@@ -35,8 +35,10 @@ test: $(STAMP)
 web: $(STAMP)
 	$(VENV)/bin/meddiffusion web $(WEB_ARGS)
 
+# The full benchmark (both scales, every precision, the bundled models end to end) into docs/bench/; BENCH_ARGS=--quick
+# for the two-minute version.
 bench: $(STAMP)
-	$(PY) -m training bench
+	$(VENV)/bin/meddiffusion bench --out-dir docs/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out

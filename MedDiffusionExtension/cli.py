@@ -1,4 +1,4 @@
-"""The `meddiffusion` command line: translate, segment, models, info, demo, web.
+"""The `meddiffusion` command line: translate, segment, models, info, demo, bench, web.
 
 Bad input ends with one line `error: ...` on stderr and a non-zero exit, no traceback unless --debug, and no output
 file left behind (outputs are written all-or-nothing at the very end).
@@ -13,7 +13,9 @@ import unicodedata
 from pathlib import Path
 
 from . import __version__, tasks
+from .bench import command as bench_command
 from .errors import Cancelled, InputError
+from .precision import AUTO_BATCH_SIZE
 from .progress import CancelToken
 
 
@@ -38,6 +40,10 @@ def _positive(value: str) -> int:
     return number
 
 
+def _batch_size(value: str) -> int | str:
+    return value if value == AUTO_BATCH_SIZE else _positive(value)
+
+
 def _add_run_options(parser: argparse.ArgumentParser, task: str) -> None:
     methods = [m.key for m in tasks.METHODS.values() if m.task == task and m.runnable]
     parser.add_argument("--method", choices=methods, help=f"method (default: the default model's, {methods[0]})")
@@ -47,10 +53,14 @@ def _add_run_options(parser: argparse.ArgumentParser, task: str) -> None:
                         help="samples to draw; K > 1 also writes an uncertainty/probability volume")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same output")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--batch-size", type=_positive, default=8,
-                        help="slices per batch (halved automatically on GPU out-of-memory)")
+    parser.add_argument("--batch-size", type=_batch_size, default=AUTO_BATCH_SIZE,
+                        help="slices per batch, or auto (default): the model card's for the device, else 4 for small "
+                             "networks and 1 for paper-scale ones on a CPU, 8 on a GPU (halved on GPU out-of-memory)")
     parser.add_argument("--precision", choices=tasks.PRECISIONS, default="auto",
-                        help="auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs; or force one")
+                        help="auto: bf16 on GPUs that have it, fp16 on older GPUs; on CPUs bf16 where the CPU has "
+                             "native bf16 (AMX, AVX512-BF16) and the model card allows it, else fp32; or force one")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the networks: the first batch pays the compile time (reported)")
     parser.add_argument("--cohort", type=Path, help="CSV with one case per row (see README); resumable, sharded under torchrun")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (refused otherwise)")
     parser.add_argument("--series", metavar="UID", help="the DICOM series to read when an input folder holds several")
@@ -63,14 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    translate = commands.add_parser("translate", help="synthesize missing MRI contrasts (CDM: T1+T2 -> T1c, T2-FLAIR)")
+    translate = commands.add_parser("translate", help="synthesize missing MRI contrasts (CDM: T1+T2 -> T1c, T2-FLAIR; "
+                                                      "EDTS-Trans: T1 -> T2)")
     translate.add_argument("--t1", type=Path, help="T1 (t1n) volume: the reference geometry of the outputs")
-    translate.add_argument("--t2", type=Path, help="T2 (t2w) volume; resampled onto the T1 grid if needed")
-    translate.add_argument("--targets", default="t1c,t2f", help="comma-separated targets among the model's outputs")
+    translate.add_argument("--t2", type=Path, help="T2 (t2w) volume, for models that take one (CDM); resampled onto "
+                                                   "the T1 grid if needed")
+    translate.add_argument("--targets", help="comma-separated targets among the model's outputs (default: all of them)")
     translate.add_argument("--out-dir", type=Path, required=True,
                            help="writes <target>.nii.gz (and <target>_std.nii.gz when --samples > 1)")
     translate.add_argument("--per-volume-representation", action="store_true",
                            help="CDM: draw one target representation for the whole volume instead of one per slice")
+    translate.add_argument("--save-mask", action="store_true",
+                           help="EDTS-Trans: also write <target>_mask.nii.gz, the mask M (0..1): how much of each "
+                                "voxel is the diffusion refiner's (the rest is the regression's)")
+    translate.add_argument("--refine-strength", type=float, default=1.0, metavar="S",
+                           help="EDTS-Trans: start the refiner from the regression noised to this fraction of its "
+                                "sampling chain and run only that fraction of the steps (0 < S <= 1; default 1: from "
+                                "pure noise, every step, as published)")
+    translate.add_argument("--refine-every-slice", action="store_true",
+                           help="EDTS-Trans: run the refiner on every slice, also where the mask marks (almost) "
+                                "nothing; by default those slices get the regression alone")
     translate.add_argument("--register", action="store_true",
                            help="rigidly register T2 to T1 first (mutual information); the transform is reported and "
                                 "written to registration.json next to the outputs; the input files are not changed")
@@ -78,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment a CT volume (SDSeg, single-step latent diffusion)")
     segment.add_argument("--image", type=Path, help="CT volume in HU")
-    segment.add_argument("--out", type=Path, help="label volume to write (.nii.gz, .nrrd); with --cohort, a folder")
-    segment.add_argument("--threshold", type=float, default=0.5, help="probability threshold for the label")
+    segment.add_argument("--out", type=Path, help="label volume to write (.nii.gz, .nrrd; .seg.nrrd: Slicer's segmentation "
+                                                  "file with named, coloured organs); with --cohort, a folder")
+    segment.add_argument("--threshold", type=float, default=0.5,
+                         help="probability threshold for the label of a one-segment model (a multi-organ model gives "
+                              "each voxel its most probable organ)")
+    segment.add_argument("--organs", help="organs to keep, comma-separated keys, names or label numbers "
+                                          "(e.g. liver,spleen; default: all the model's; see `meddiffusion models show`)")
     _add_run_options(segment, "segmentation")
 
     models = commands.add_parser("models", help="list or describe installed models")
@@ -94,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the bundled models on the bundled sample cases")
     demo.add_argument("--out-dir", type=Path, default=Path("out/demo"))
     demo.add_argument("--device", default="auto")
+
+    bench = commands.add_parser("bench", help="measure speed and memory: both methods at the bundled and the papers' "
+                                              "scale, their pixel-space peers, precisions (see docs/benchmarks.md)")
+    bench_command.add_arguments(bench)
 
     web = commands.add_parser("web", help="the browser app (trame-slicer): sample cases, upload, both tasks, downloads")
     web.add_argument("--host", default="127.0.0.1",
@@ -158,7 +189,7 @@ def _dispatch(args: argparse.Namespace, cancel: CancelToken) -> int:
     handler = {
         "translate": commands.run_command, "segment": commands.run_command,
         "models": commands.models_command, "info": commands.info_command, "demo": commands.demo_command,
-        "web": _web_command,
+        "web": _web_command, "bench": lambda parsed, _cancel: bench_command.run(parsed),
     }[args.command]
     return handler(args, cancel) or 0
 

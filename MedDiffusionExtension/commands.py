@@ -48,18 +48,24 @@ def log(message: str) -> None:
 
 def _settings(args: argparse.Namespace) -> tasks.RunSettings:
     return tasks.RunSettings(steps=args.steps, samples=args.samples, seed=args.seed, device=args.device,
-                             batch_size=args.batch_size, precision=args.precision)
+                             batch_size=args.batch_size, precision=args.precision, compile=args.compile)
 
 
 def _request(args: argparse.Namespace) -> tasks.Request:
     common = dict(model=args.model or "", method=args.method or "", settings=_settings(args))
     if args.command == "translate":
-        targets = tasks.parse_targets(args.targets)
-        if not targets:
+        targets = () if args.targets is None else tasks.parse_targets(args.targets)
+        if args.targets is not None and not targets:
             raise InputError("--targets is empty; give one or more of the model's outputs, e.g. t1c,t2f")
         return tasks.TranslateRequest(targets=targets, per_volume_representation=args.per_volume_representation,
-                                      register=args.register, **common)
-    return tasks.SegmentRequest(threshold=args.threshold, **common)
+                                      register=args.register, save_mask=args.save_mask,
+                                      refine_strength=args.refine_strength, refine_every_slice=args.refine_every_slice,
+                                      **common)
+    chosen = getattr(args, "organs", None)
+    organs = () if chosen is None else tasks.parse_organs(chosen)
+    if chosen is not None and not organs:
+        raise InputError("--organs is empty; give one or more of the model's organs, e.g. liver,spleen")
+    return tasks.SegmentRequest(threshold=args.threshold, organs=organs, **common)
 
 
 REGISTRATION_FILE = "registration.json"
@@ -89,7 +95,7 @@ def _run_case(request, loaded, inputs: dict, outputs: dict, args, cancel: Cancel
     progress = TerminalProgress(label, enabled=not args.quiet)
     try:
         with _collecting_registrations() as transforms:
-            written = tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel),
+            written = tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(progress, cancel, loaded),
                                     overwrite=args.overwrite, series=args.series)
     finally:
         progress.close()
@@ -110,6 +116,8 @@ def run_command(args: argparse.Namespace, cancel: CancelToken) -> int:
     request = _request(args)
     card = request.card()
     names = request.input_names(card)
+    if args.command == "translate" and args.t2 is not None and "t2" not in names:
+        raise InputError(f"model {card.name!r} takes {tasks.labels(names)} alone, no T2; drop --t2")
     destination = args.out_dir if args.command == "translate" else args.out
     if args.cohort:
         if destination is None:

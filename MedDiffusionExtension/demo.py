@@ -47,7 +47,7 @@ def run_demo(out_dir: Path, device: str, cancel: CancelToken, log: Callable[[str
     cdm = tasks.load(translation)
     log(f"translate: {t1_path.name} + {t2_path.name} with {cdm.card.name} {cdm.card.version} (synthetic phantom case)")
     t1, t2 = read_volume(t1_path), read_volume(t2_path)
-    options = translation.settings.run_options(_progress("translate", log), cancel)
+    options = translation.settings.run_options(_progress("translate", log), cancel, cdm)
     synthetic = translation.run({"t1": t1, "t2": t2}, cdm, options)
     files = {path: (synthetic[name], translation.output_dtype(name))
              for name, path in translation.output_files(cdm.card, out_dir).items()}
@@ -66,7 +66,7 @@ def run_demo(out_dir: Path, device: str, cancel: CancelToken, log: Callable[[str
     sdseg = tasks.load(segmentation)
     log(f"segment: {ct_path.name} with {sdseg.card.name} {sdseg.card.version} (single step)")
     ct = read_volume(ct_path)
-    options = segmentation.settings.run_options(_progress("segment", log), cancel)
+    options = segmentation.settings.run_options(_progress("segment", log), cancel, sdseg)
     labels = segmentation.run({"image": ct}, sdseg, options)["labels"]
     files[out_dir / "segmentation.nii.gz"] = (labels, segmentation.output_dtype("labels"))
     label_path = _one("PhantomAbdomenCT-label.nii.gz")

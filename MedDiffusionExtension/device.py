@@ -2,15 +2,19 @@
 
 `auto` picks CUDA, then Apple MPS, then the CPU; under a multi-process torchrun launch `auto` and `cuda` mean
 cuda:LOCAL_RANK, so that every worker of one command line gets its own GPU. Precision `auto` is bf16 autocast on
-GPUs with native bf16 (compute capability 8.0+), fp16 on older GPUs, full precision elsewhere.
+GPUs with native bf16 (compute capability 8.0+), fp16 on older GPUs, full precision elsewhere; for inference
+(`inference_precision`) also bf16 on CPUs with native bf16 units (AMX or AVX512-BF16) unless the model's card
+forbids it.
 
-Every question asked of CUDA goes through `CUDA`, one small object that tests replace with a fake GPU.
+Every question asked of CUDA goes through `CUDA`, and every question about the CPU's bf16 units through `CPU`: two
+small objects that tests replace with a fake GPU or CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -45,6 +49,24 @@ class CudaQueries:
 
 
 CUDA = CudaQueries()
+
+
+class CpuQueries:
+    """What the CPU offers for reduced precision. Without AMX or AVX512-BF16 units, oneDNN emulates bf16 through
+    float32 and conversions cost more than they save (measured on this project's AVX2 machine: bf16 autocast
+    slower than float32 for every network, see docs/benchmarks.md)."""
+
+    def has_native_bf16(self) -> bool:
+        cpu = getattr(torch, "cpu", None)
+        checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+        return any(check() for check in checks if check is not None)
+
+    def name(self) -> str:
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+        return f"{capability} CPU" + (" with native bf16" if self.has_native_bf16() else "")
+
+
+CPU = CpuQueries()
 
 
 def _mps_available() -> bool:
@@ -128,7 +150,32 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[to
     if precision == "bf16" and device.type == "cuda" and not has_native_bf16(device):
         major, minor = CUDA.capability(cuda_index(device))
         raise InputError(f"{device} (compute capability {major}.{minor}) has no native bf16; use fp16, fp32 or auto")
+    if precision == "bf16" and device.type == "cpu" and not CPU.has_native_bf16():
+        # Allowed: it is how bf16's effect on quality is measured on such a machine; only the speed suffers.
+        warnings.warn("bf16 on this CPU (no AMX or AVX512-BF16) is emulated and runs slower than fp32; "
+                      "use --precision auto or fp32 for speed")
     return _DTYPES[precision]
+
+
+def inference_precision(device: torch.device, precision: str = "auto", cpu_bf16_allowed: bool = True) -> str:
+    """The precision an inference run uses: `auto` on a CPU becomes bf16 where the CPU has native bf16 and the
+    model allows it (its card's inference.cpu_bf16, set from the quality guard), else fp32; anything else is
+    returned unchanged (autocast_dtype resolves `auto` on GPUs). Training keeps float32 on CPUs (autocast_dtype)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto" or device.type != "cpu":
+        return precision
+    return "bf16" if cpu_bf16_allowed and CPU.has_native_bf16() else "fp32"
+
+
+# Layout per device type. channels_last (NHWC) is what oneDNN's and cuDNN's fastest convolutions read: measured
+# lossless and faster for every network on this project's CPU (docs/benchmarks.md); on CUDA it is what tensor-core
+# kernels read under autocast. MPS is left contiguous: not measured here.
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+
+
+def uses_channels_last(device: torch.device) -> bool:
+    return device.type in CHANNELS_LAST_DEVICES
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:

@@ -9,11 +9,16 @@ own interface never freezes and a Cancel can end the whole process tree. JOB.jso
     {"task": "segment", "model": "sdseg-tiny", "inputs": {"image": "ct.nrrd"},
      "outputs": {"labels": "labels.nrrd", "probability": "probability.nrrd"}, "steps": 1, "samples": 2,
      "threshold": 0.5, "seed": 0, "device": "auto", "batch_size": 8}
+    {"task": "segment", "model": "sdseg-organs", "inputs": {"image": "ct.nrrd"}, "organs": ["liver", "spleen"],
+     "outputs": {"labels": "labels.seg.nrrd", "probability_liver": "liver.nrrd", "probability_spleen": "spleen.nrrd"},
+     "samples": 2}
 
 The fields are those of the task's request (tasks.TranslateRequest / SegmentRequest, `Request.to_job`); omitted
 ones take the request's defaults, unknown ones are refused. Relative paths are relative to the job file's folder.
-The outputs must be exactly the request's output names for the model; they are written together, all-or-nothing,
-only once the whole result exists. Lines on stdout (one event per line):
+The outputs must be exactly the request's output names for the model (a multi-organ model's probabilities are
+`probability_<organ key>`, one per kept organ); they are written together, all-or-nothing, only once the whole result
+exists; `labels` may be a .seg.nrrd (Slicer's segmentation file with the organs' names, colours and terminology).
+Lines on stdout (one event per line):
 
     PROGRESS <fraction 0..1> <message>      e.g. "PROGRESS 0.250 slice 10/40"
     WARNING <one line>                      e.g. a second input resampled onto the first one's grid, an input
@@ -91,7 +96,7 @@ def run_job(path: Path, writer: "ProtocolWriter", cancel: CancelToken) -> list[P
     """Run one job file; returns the written output paths."""
     request, inputs, outputs = read_job(path)
     loaded = tasks.load(request)
-    return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(writer.progress, cancel))
+    return tasks.execute(request, loaded, inputs, outputs, request.settings.run_options(writer.progress, cancel, loaded))
 
 
 def _print_devices(stream: TextIO) -> int:

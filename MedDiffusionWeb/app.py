@@ -643,7 +643,8 @@ class MedDiffusionWebApp(TrameApp):
             if node is None:
                 return
             if overlay:
-                if node.GetAttribute(self.scene_helpers.OUTPUT) in ("probability",):
+                # "probability", or "probability_<organ>" for each organ of a multi-organ model
+                if (node.GetAttribute(self.scene_helpers.OUTPUT) or "").startswith("probability"):
                     display = node.GetDisplayNode()
                     if display is not None:
                         display.SetAndObserveColorNodeID(self.scene_helpers.UNCERTAINTY_COLOR_NODE_ID)

@@ -127,12 +127,15 @@ def _bad_inputs(tmp_path: Path, t1: Path, t2: Path) -> dict[str, tuple[list, str
         "wrong task model": (translate(t1, t2, "--model", "sdseg-micro-test"), "segmentation model"),
         "bad device": (translate(t1, t2, "--device", "cuda:7"), "cuda"),
         "missing t2": (["translate", "--t1", t1, "--out-dir", out], "--t2"),
+        "unknown organ": (["segment", "--image", t1, "--out", out / "seg.seg.nrrd", "--organs", "liver,heart"],
+                          "does not segment 'liver'; its organs are abdominal_organs (or their label values 1)"),
+        "empty organs": (["segment", "--image", t1, "--out", out / "seg.nii.gz", "--organs", " , "], "--organs is empty"),
     }
 
 
 CASES = ["missing file", "unreadable file", "truncated nii.gz", "2D volume", "4D volume", "NaN voxels", "constant volume",
          "too few slices", "output equals input", "unknown model", "unknown target", "wrong task model", "bad device",
-         "missing t2"]
+         "missing t2", "unknown organ", "empty organs"]
 
 
 @pytest.mark.parametrize("case", CASES)

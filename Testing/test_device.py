@@ -94,7 +94,8 @@ def test_without_cuda_torchrun_ranks_stay_on_the_cpu(fake_gpus, monkeypatch):
         devices.resolve_device("cuda")
 
 
-def test_precision_follows_the_capability_of_the_chosen_gpu(fake_gpus):
+def test_precision_follows_the_capability_of_the_chosen_gpu(fake_gpus, fake_cpu):
+    fake_cpu(native_bf16=True)  # an explicit bf16 on the CPU below: the emulation warning has its own test
     fake_gpus((8, 0), (7, 0), current=0)  # an A100 next to a V100; the current device is the A100
     a100, v100 = torch.device("cuda", 0), torch.device("cuda", 1)
     assert devices.autocast_dtype(a100) == torch.bfloat16
@@ -158,7 +159,8 @@ def test_fp16_inference_that_overflows_is_redone_in_fp32():
     assert any("fp16 overflowed" in m for m in messages)
 
 
-def test_inference_runs_under_the_chosen_autocast_dtype():
+def test_inference_runs_under_the_chosen_autocast_dtype(fake_cpu):
+    fake_cpu(native_bf16=True)  # auto stays fp32 here: RunOptions built by hand are not resolved per model
     seen = []
 
     def record(batch):
@@ -196,3 +198,77 @@ def test_process_group_on_the_cpu_is_gloo_with_the_timeout(monkeypatch, single_p
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
     distributed.init_distributed("cpu")
     assert calls == [{"backend": "gloo", "timeout": timedelta(minutes=distributed.DEFAULT_TIMEOUT_MINUTES)}]
+
+
+class FakeCpu(devices.CpuQueries):
+    def __init__(self, native_bf16: bool):
+        self.native_bf16 = native_bf16
+
+    def has_native_bf16(self) -> bool:
+        return self.native_bf16
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    def install(native_bf16: bool):
+        fake = FakeCpu(native_bf16)
+        monkeypatch.setattr(devices, "CPU", fake)
+        return fake
+    return install
+
+
+def test_auto_on_a_cpu_is_bf16_only_with_native_bf16_and_the_models_consent(fake_cpu, fake_gpus):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    fake_gpus((8, 0))
+    fake_cpu(native_bf16=True)
+    assert devices.inference_precision(cpu) == "bf16"
+    assert devices.inference_precision(cpu, "auto", cpu_bf16_allowed=False) == "fp32"  # the card's quality guard
+    assert devices.inference_precision(cpu, "fp32") == "fp32" and devices.inference_precision(cpu, "fp16") == "fp16"
+    assert devices.inference_precision(gpu, "auto", cpu_bf16_allowed=False) == "auto"  # a GPU decides as before
+    fake_cpu(native_bf16=False)
+    assert devices.inference_precision(cpu) == "fp32"
+    with pytest.raises(InputError, match="precision must be"):
+        devices.inference_precision(cpu, "half")
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_runs_but_warns_once(fake_cpu, recwarn):
+    fake_cpu(native_bf16=False)
+    assert devices.autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert [str(w.message) for w in recwarn.list] == [
+        "bf16 on this CPU (no AMX or AVX512-BF16) is emulated and runs slower than fp32; use --precision auto or fp32 "
+        "for speed"]
+    recwarn.clear()
+    fake_cpu(native_bf16=True)
+    assert devices.autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert not recwarn.list
+
+
+def test_training_keeps_float32_on_a_cpu_even_with_native_bf16(fake_cpu):
+    from training.trainer import resolve_amp
+
+    fake_cpu(native_bf16=True)
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert devices.autocast_dtype(torch.device("cpu")) is None
+
+
+def test_the_real_cpu_query_answers_without_raising():
+    assert devices.CPU.has_native_bf16() in (True, False)
+    assert "CPU" in devices.CPU.name()
+
+
+def test_run_settings_resolve_auto_precision_with_the_cards_inference_section(fake_cpu, models_dir):
+    from MedDiffusionExtension import tasks
+    from MedDiffusionExtension.weights import LoadedModel, load_model
+    from MedDiffusionExtension.weights.card import parse_card
+
+    loaded = load_model(models_dir / "sdseg-micro-test")
+    forbidding = LoadedModel(parse_card(dict(loaded.card.data, inference={"cpu_bf16": False}), models_dir),
+                             loaded.tensors)
+    settings = tasks.RunSettings(device="cpu")
+    fake_cpu(native_bf16=True)
+    assert settings.run_options(model=loaded).precision == "bf16"
+    assert settings.run_options(model=forbidding).precision == "fp32"
+    assert settings.run_options().precision == "bf16"  # no model known: nothing forbids it
+    assert tasks.RunSettings(device="cpu", precision="fp32").run_options(model=loaded).precision == "fp32"
+    fake_cpu(native_bf16=False)
+    assert settings.run_options(model=loaded).precision == "fp32"

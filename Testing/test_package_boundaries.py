@@ -65,8 +65,10 @@ def _imports(module: str, module_level_only: bool) -> list[tuple[str, list[str],
 
 def test_the_walk_sees_the_whole_runtime_package():
     assert f"{PACKAGE}.cli" in MODULES and f"{PACKAGE}.volume.io" in MODULES
-    assert not any(name.startswith((f"{PACKAGE}.data", f"{PACKAGE}.bench")) for name in MODULES), \
-        "phantom generators and benchmarks belong to the training package"
+    # `meddiffusion bench` measures the user's own machine, so the benchmark is part of the runtime package; the
+    # phantom generators are not.
+    assert not any(name.startswith(f"{PACKAGE}.data") for name in MODULES), \
+        "phantom generators belong to the training package"
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

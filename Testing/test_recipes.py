@@ -18,7 +18,7 @@ from training.cli import main as training_main
 from training.recipes import build_recipe
 from training.phantoms import write_brats_case, write_btcv_dataset
 
-from tiny_models import MICRO_CDM, MICRO_SDSEG
+from tiny_models import MICRO_CDM, MICRO_EDTS, MICRO_SDSEG
 
 
 def _train(tmp_path, recipe, stage, out, steps=2, batch=4, extra=()):
@@ -94,11 +94,16 @@ EVERY_STAGE = [
     ("cdm", "mrm", MICRO_CDM, {}), ("cdm", "mdn", MICRO_CDM, {}), ("cdm", "mdn", MICRO_CDM, {"mdn_source_condition": True}),
     ("cdm", "cunet", MICRO_CDM, {}), ("cdm", "unet", MICRO_CDM, {}),
     ("sdseg", "autoencoder", MICRO_SDSEG, {}), ("sdseg", "ldm", MICRO_SDSEG, {}), ("sdseg", "segunet", MICRO_SEGUNET, {}),
+    ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7]}),
+    ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_encoding": "analog_bits"}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7]}), ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
+    ("edts", "regn", MICRO_EDTS, {}), ("edts", "refiner", MICRO_EDTS, {}), ("edts", "joint", MICRO_EDTS, {}),
+    ("edts", "unet", MICRO_EDTS, {}),
 ]
 
 
 @pytest.mark.parametrize("name, stage, architecture, extra", EVERY_STAGE,
-                         ids=[f"{n}-{s}{'-source' if e else ''}" for n, s, _, e in EVERY_STAGE])
+                         ids=[f"{n}-{s}{'-' + '-'.join(map(str, e.values())) if e else ''}" for n, s, _, e in EVERY_STAGE])
 def test_every_trainable_parameter_of_every_stage_gets_a_gradient(name, stage, architecture, extra):
     """DistributedDataParallel stops at its second iteration when a trainable parameter gets no gradient (CDM's
     stage 1 trained the MRM projection head, which its loss never reaches)."""
@@ -112,6 +117,10 @@ def test_every_trainable_parameter_of_every_stage_gets_a_gradient(name, stage, a
     images = torch.randn(2, 4, 32, 32, generator=generator).clamp(-1, 1)
     batch = ({"sources": images[:, :2], "targets": images[:, 2:]} if name == "cdm"
              else {"image": images[:, :1], "mask": (images[:, 1:2] > 0).float()})
+    if name == "edts":  # T1 -> T2
+        batch = {"sources": images[:, :1], "targets": images[:, 1:2]}
+    if "organs" in extra:
+        batch["classes"] = torch.randint(0, len(extra["organs"]) + 1, (2, 1, 32, 32), generator=generator)
     loss, _ = recipe.loss(model, batch, generator)
     loss.backward()
     assert chosen and not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -83,7 +83,8 @@ def test_segmentation_from_labels_releases_the_oriented_image_it_is_handed(modul
             return image
 
     logic = modules["MedDiffusionSegmentation"].MedDiffusionSegmentationLogic()
-    monkeypatch.setattr(logic, "segments", lambda card: [Segment(name="organ", label=1, color=(0.9, 0.4, 0.3))])
+    monkeypatch.setattr(logic, "segments", lambda card: [Segment(name="organ", label=1, color=(0.9, 0.4, 0.3),
+                                                                  terminology=None)])
     monkeypatch.setattr(logic, "outputName", lambda volume, card, probability=False: "ct segmentation")
     monkeypatch.setattr(slicer, "vtkSlicerSegmentationsModuleLogic", TrackingLogic)
     segmentation = logic._segmentationFromLabels(labels, reference, card=None)

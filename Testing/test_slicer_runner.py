@@ -88,6 +88,8 @@ def test_segment_job_streams_progress_and_writes_outputs_on_the_input_grid(tmp_p
     ({"samples": 0}, "samples must be a whole number of at least 1, got 0"),
     ({"steps": 2.5}, "steps must be a whole number"),
     ({"model": None}, "model must be a string"),
+    ({"organs": ["kidney"]}, "does not segment 'kidney'; its organs are"),
+    ({"organs": "liver"}, "organs must be a list"),
 ])
 def test_bad_jobs_are_refused_in_one_line_with_exit_code_2(tmp_path, models, volumes, change, fragment):
     job = dict(task="segment", model=str(models["sdseg"]), inputs={"image": str(volumes["ct"])},
@@ -278,12 +280,12 @@ def test_dependency_list_covers_every_package_the_runner_imports():
     imported = _third_party_imports(used)
     allowed = {r.module for r in dependencies.REQUIRED} | set(dependencies.NEVER_REINSTALL)
     assert imported <= allowed, f"add to MedDiffusionLib/dependencies.py: {sorted(imported - allowed)}"
-    assert {"torch", "nibabel", "safetensors", "scipy"} <= imported
+    assert {"torch", "nibabel", "safetensors", "scipy", "slicerio"} <= imported
 
 
 def test_missing_and_outdated_packages_are_planned_without_touching_slicers_own():
     installed = {"torch": "2.0.1+cu118", "safetensors": "0.4.2", "nibabel": None, "scipy": "1.11.0rc1",
-                 "numpy": "1.26.4", "SimpleITK": "2.3.1", "requests": "2.31.0"}
+                 "slicerio": "1.4.0", "numpy": "1.26.4", "SimpleITK": "2.3.1", "requests": "2.31.0"}
     probed = probe.ProbeResult(versions={m: v for m, v in installed.items() if v},
                                failed={"nibabel": "ModuleNotFoundError: No module named 'nibabel'"})
     missing = dependencies.missingRequirements(probed)

@@ -113,3 +113,142 @@ def test_a_failing_progress_callback_stops_the_run_and_leaves_nothing(module, sc
     assert scene.GetNumberOfNodes() == before
     assert logic.activeJob is None and not logic.isRunning
     assert set(os.listdir(temporaryFolder())) == folders
+
+
+# -- multi-organ models ------------------------------------------------------------------------------------------------
+
+ORGAN_MODEL = "sdseg-organs-micro"
+
+
+@pytest.fixture(scope="module")
+def organ_model(tiny_models):  # noqa: F811
+    """A micro multi-organ SDSeg (spleen, liver, stomach) beside the binary one; seed 1 finds all three organs on the
+    synthetic sample CT, as the self-test asks of a multi-organ model."""
+    import os
+    from pathlib import Path
+
+    from tiny_models import write_micro_model
+
+    write_micro_model(Path(os.environ["MEDDIFFUSION_MODELS_DIR"]), "sdseg", name=ORGAN_MODEL, organs=[1, 6, 7], seed=1)
+    return ORGAN_MODEL
+
+
+def test_module_self_test_checks_named_organs_of_a_multi_organ_model(module, organ_model, sample_data):  # noqa: F811
+    logic = module.MedDiffusionSegmentationLogic
+    assert logic.organModelOrDefault("").name == organ_model  # installed: the self-test picks it without being told
+    assert len(logic.model("").segments) == 1  # while the default model stays the binary one
+    test = module.MedDiffusionSegmentationTest()
+    test.sampleDataFolder = sample_data
+    test.runTest()
+
+
+def test_an_organ_subset_keeps_the_full_runs_voxels_of_those_organs(module, scene, organ_model, sample_data):  # noqa: F811
+    import slicer
+    from MedDiffusionLib import sampledata
+
+    ct = sampledata.loadSampleCase("ct", ("image",), sample_data)["image"]
+    logic = module.MedDiffusionSegmentationLogic()
+
+    def masks(segmentation):
+        content = segmentation.GetSegmentation()
+        return {content.GetNthSegment(i).GetName():
+                slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, content.GetNthSegmentID(i), ct) > 0
+                for i in range(content.GetNumberOfSegments())}
+
+    every = masks(logic.process(ct, modelName=organ_model, device="cpu")["segmentation"])
+    outputs = logic.process(ct, modelName=organ_model, organs=["Liver", 7], samples=2, device="cpu")
+    assert sorted(outputs) == ["probability_liver", "probability_stomach", "segmentation"]
+    subset = masks(outputs["segmentation"])
+    assert list(subset) == ["liver", "stomach"] and list(every) == ["spleen", "liver", "stomach"]
+    assert all(every[name].any() for name in every)
+    # Left-out organs become background after the arg-max: a liver-only run keeps exactly the full run's liver.
+    one = masks(logic.process(ct, modelName=organ_model, organs=["liver"], device="cpu")["segmentation"])
+    np.testing.assert_array_equal(one["liver"], every["liver"])
+    assert outputs["probability_liver"].GetName() == f"{ct.GetName()} liver probability (SDSeg)"
+    from MedDiffusionLib import scene as outputs_scene
+
+    assert outputs["probability_liver"].GetAttribute(outputs_scene.OUTPUT) == "probability_liver"
+    assert '"organs": ["Liver", 7]' in outputs["segmentation"].GetAttribute(outputs_scene.SETTINGS)
+
+
+class FakeCheckableComboBox:
+    """The ctkCheckableComboBox calls the widget makes: items with data, check states by model index, visibility."""
+
+    def __init__(self):
+        self.items, self.states, self.visible, self.slots = [], {}, None, {}
+
+    def connect(self, signal, slot):
+        self.slots[signal] = slot
+
+    def blockSignals(self, block):
+        return False
+
+    def clear(self):
+        self.items, self.states = [], {}
+
+    def addItem(self, label, data):
+        self.items.append((label, data))
+
+    def model(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(index=lambda row, column: SimpleNamespace(row=lambda: row))
+
+    def setCheckState(self, index, state):
+        self.states[index.row()] = state
+
+    def checkedIndexes(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(row=lambda r=r: r) for r, state in sorted(self.states.items()) if state == "checked"]
+
+    def setVisible(self, visible):
+        self.visible = visible
+
+
+def test_the_organ_menu_lists_a_multi_organ_models_organs_and_passes_the_checked_ones(
+        module, organ_model, tiny_models, sample_data, monkeypatch):  # noqa: F811
+    from unittest import mock
+
+    import qt
+    from MedDiffusionLib import sampledata
+    from test_slicer_widgets import FakeUi
+
+    # The stub's Qt constants are inert; the check states get values the fake combo can compare.
+    monkeypatch.setattr(qt, "Qt", type("Qt", (qt.Inert,), {"Checked": "checked", "Unchecked": "unchecked"}), raising=False)
+    widget = module.MedDiffusionSegmentationWidget(mock.MagicMock())
+    widget.ui = FakeUi(("modelComboBox", "deviceComboBox", "precisionComboBox"))
+    widget.ui.organsComboBox = FakeCheckableComboBox()
+    widget.logic = module.MedDiffusionSegmentationLogic()
+    widget.refreshDependencies()
+    node = widget.logic.getParameterNode()
+    node.modelName, node.excludedOrgans = organ_model, ""
+    with mock.patch.object(type(node), "connectGui", lambda self, gui: 0, create=True):
+        widget.setParameterNode(node)
+    combo = widget.ui.organsComboBox
+    assert combo.items == [("spleen", "spleen"), ("liver", "liver"), ("stomach", "stomach")]
+    assert set(combo.states.values()) == {"checked"} and combo.visible is True
+    assert "<b>Organs:</b> spleen (1), liver (6), stomach (7)<br>" in widget.ui.modelInfoLabel.text
+    assert widget.ui.thresholdSliderWidget.enabled is False  # each voxel goes to its most probable organ
+    node.inputVolume = sampledata.loadSampleCase("ct", ("image",), sample_data)["image"]
+    assert widget.keptOrgans() is None  # every organ: no subset to ask for
+
+    combo.states[0] = "unchecked"  # the user unticks the spleen
+    widget.onOrgansChanged()
+    assert node.excludedOrgans == "spleen" and widget.keptOrgans() == ["liver", "stomach"]
+    assert widget.ui.applyButton.enabled is True
+    widget.logic.process = mock.MagicMock()
+    widget.onApplyButton()
+    assert widget.logic.process.call_args.kwargs["organs"] == ["liver", "stomach"]
+
+    combo.states = {0: "unchecked", 1: "unchecked", 2: "unchecked"}
+    widget.onOrgansChanged()
+    assert widget.keptOrgans() == [] and widget.ui.applyButton.enabled is False
+    assert widget.ui.applyButton.toolTip == "Check at least one organ."
+
+    node.modelName = tiny_models["sdseg"]  # a one-segment model: no menu, nothing left out
+    widget.refreshCombos()
+    assert combo.visible is False and widget.keptOrgans() is None and widget.ui.thresholdSliderWidget.enabled is True
+    widget.updatePanel()
+    assert widget.ui.applyButton.enabled is True
+    widget.removeObservers()

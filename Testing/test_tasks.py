@@ -74,8 +74,9 @@ def test_output_names_and_files_are_one_rule(models_dir, tmp_path):
 
     segment = tasks.SegmentRequest(settings=tasks.RunSettings(samples=2))
     seg_card = segment.card(registry)
-    assert segment.output_files(seg_card, tmp_path / "ct.seg.nrrd") == {
-        "labels": tmp_path / "ct.seg.nrrd", "probability": tmp_path / "ct.seg_probability.nrrd"}
+    assert segment.output_files(seg_card, tmp_path / "ct.seg.nrrd") == {  # a segmentation file's probability: .nrrd
+        "labels": tmp_path / "ct.seg.nrrd", "probability": tmp_path / "ct_probability.nrrd"}
+    assert segment.output_files(seg_card, tmp_path / "ct.mha")["probability"] == tmp_path / "ct_probability.mha"
     assert segment.cohort_destination(tmp_path, "c1") == tmp_path / "c1.nii.gz"
     assert tasks.SegmentRequest().output_names(seg_card) == ["labels"]
 

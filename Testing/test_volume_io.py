@@ -151,3 +151,18 @@ def test_outputs_get_ordinary_permissions(tmp_path, oblique):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_label_map_writes_as_seg_nrrd_only_with_its_segments_and_all_or_nothing(tmp_path, oblique):
+    from MedDiffusionExtension.weights.card import Segment
+
+    labels = oblique.with_array((oblique.array > 1).astype(np.uint8) * 6)
+    with pytest.raises(InputError, match="only a label map with its segments can be a .seg.nrrd"):
+        write_volumes({tmp_path / "image.nii.gz": (oblique, np.float32), tmp_path / "labels.seg.nrrd": (labels, np.uint8)})
+    assert list(tmp_path.iterdir()) == []
+    write_volumes({tmp_path / "image.nii.gz": (oblique, np.float32),
+                   tmp_path / "labels.seg.nrrd": (labels, np.uint8, [Segment("liver", 6, (0.8, 0.5, 0.4))])})
+    back = read_volume(tmp_path / "labels.seg.nrrd")
+    np.testing.assert_array_equal(back.array, labels.array)
+    np.testing.assert_allclose(back.ijk_to_ras, oblique.ijk_to_ras, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.nii.gz", "labels.seg.nrrd"]

@@ -143,3 +143,76 @@ if [[ $what == eval-v2 ]]; then
   evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom --out docs/evaluation/spacing/sdseg
   evaluate spacing --data-root Resources/SampleData --model cdm-tiny-phantom --out docs/evaluation/spacing/cdm
 fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-organ SDSeg (sdseg-organs-tiny-phantom): 13 BTCV organ classes in one single-step pass. Two mask encodings
+# are trained the same way for the design comparison (docs/evaluation/sdseg-organs): "onehot" (14 channels) and
+# "analog_bits" (4 channels). Both warm-start from the bundled 0.2.0 union model: every tensor whose shape fits
+# (the CT vision encoder, the denoiser, the inner autoencoder layers); the autoencoder learns the organ classes
+# first, then the vision encoder and denoiser learn the new latents. The multi-class UNet baseline warm-starts the
+# same way from the 0.2.0 union SegUNet ($RUNS/segunet-tiny-phantom, written by sdseg-v2) and trains for the same
+# wall time. The three chains run side by side (THREADS=1 each), on the same randomized data as 0.2.0; the step
+# counts are what fits those times on a 2-core CPU, so that each cosine schedule ends near its time budget.
+ORGANS=${ORGANS:-[1,2,3,4,5,6,7,8,9,10,11,12,13]}
+organs_common=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.1.0
+               --set "organs=$ORGANS" --optimizer adamw --lr-schedule cosine --batch-size 8)
+if [[ $what == organs-v2-onehot || $what == organs-v2-bits ]]; then
+  encoding=onehot; [[ $what == organs-v2-bits ]] && encoding=analog_bits
+  run=$RUNS/sdseg-organs-$encoding
+  train "${organs_common[@]}" --set mask_encoding=$encoding --set stage=autoencoder --set warm_start=true \
+    --set init=Resources/Models/sdseg-tiny-phantom --out-dir "$run-ae" --max-steps ${ORGANS_AE_STEPS:-400} \
+    --time-budget ${ORGANS_AE_SECONDS:-800} --lr 1e-3 --warmup-steps 20
+  export_model "$run-ae" "$run-ae/model"
+  train "${organs_common[@]}" --set mask_encoding=$encoding --set stage=ldm --set keep_vision_encoder=true \
+    --set init="$run-ae/model" --set name=sdseg-organs-tiny-phantom --out-dir "$run-ldm" --max-steps ${ORGANS_LDM_STEPS:-350} \
+    --time-budget ${ORGANS_LDM_SECONDS:-2500} --lr 4e-4 --warmup-steps 30 --ema-decay 0.995
+  # ... resumed on the same cosine schedule for more wall time (the first run shared the 2 cores with other work).
+  train "${organs_common[@]}" --set mask_encoding=$encoding --set stage=ldm --set keep_vision_encoder=true \
+    --set init="$run-ae/model" --set name=sdseg-organs-tiny-phantom --out-dir "$run-ldm" --resume auto \
+    --max-steps ${ORGANS_LDM_STEPS:-350} --time-budget ${ORGANS_MORE_SECONDS:-1800} --lr 4e-4 --warmup-steps 30 --ema-decay 0.995
+  export_model "$run-ldm" "$RUNS/sdseg-organs-$encoding-tiny-phantom"
+fi
+if [[ $what == organs-v2-unet ]]; then
+  train "${organs_common[@]}" --set stage=segunet --set warm_start=true --set init="$RUNS/segunet-tiny-phantom" \
+    --set name=segunet-organs-tiny-phantom --out-dir "$RUNS/segunet-organs" --max-steps ${ORGANS_UNET_STEPS:-210} \
+    --time-budget $(( ${ORGANS_AE_SECONDS:-800} + ${ORGANS_LDM_SECONDS:-2500} )) --lr 1e-3 --warmup-steps 20 --ema-decay 0.995
+  train "${organs_common[@]}" --set stage=segunet --set warm_start=true --set init="$RUNS/segunet-tiny-phantom" \
+    --set name=segunet-organs-tiny-phantom --out-dir "$RUNS/segunet-organs" --resume auto --max-steps ${ORGANS_UNET_STEPS:-210} \
+    --time-budget ${ORGANS_MORE_SECONDS:-1800} --lr 1e-3 --warmup-steps 20 --ema-decay 0.995
+  export_model "$RUNS/segunet-organs" "$RUNS/segunet-organs-tiny-phantom"
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# EDTS-Trans T1 -> T2 (edts-tiny-phantom), on the randomized phantoms of 0.2.0:
+#   bash training/train_bundled.sh edts-v2           the bundled model: RegN, then the refiner with RegN frozen
+#   bash training/train_bundled.sh edts-v2-no-ssim   the ablation "without SSIM loss" (ssim_weight=0), same stages
+#   bash training/train_bundled.sh edts-v2-unet      the plain UNet baseline T1 -> T2, same loss, the chain's time
+# (the three can run side by side, THREADS=1 each). The paper trains jointly for 25k iterations at batch 1; on a CPU
+# the two networks are trained one after the other (stage=joint exists for longer runs), with the paper's learning
+# rate 2e-4 decaying to 1e-6 on a cosine. No EMA (short runs on a cosine): exports take the raw weights. The step
+# counts are estimates of what fits the time budgets at batch 8 on one core (a RegN or refiner step took about 1.1
+# times a CDM C-UNet step at batch 12, a UNet-baseline step about 0.7 times, measured side by side); set
+# EDTS_*_STEPS so that each cosine ends near its budget on another machine.
+edts_common=(--recipe edts --set data_root=data/brats_phantoms_v2 --set cache_dir=cache/edts-v2 --optimizer adamw
+             --lr 2e-4 --min-lr 1e-6 --lr-schedule cosine --warmup-steps 20 --batch-size 8)
+EDTS_REGN_SECONDS=${EDTS_REGN_SECONDS:-1200}
+EDTS_REFINER_SECONDS=${EDTS_REFINER_SECONDS:-1800}
+if [[ $what == edts-v2 || $what == edts-v2-no-ssim ]]; then
+  if [[ $what == edts-v2 ]]; then
+    variant=(); run=$RUNS/edts; final=Resources/Models/edts-tiny-phantom; final_flags=(--dtype float16)
+  else
+    variant=(--set ssim_weight=0 --set name=edts-tiny-phantom-no-ssim); run=$RUNS/edts-no-ssim
+    final=$RUNS/edts-tiny-phantom-no-ssim; final_flags=()
+  fi
+  run_stage regn && train "${edts_common[@]}" "${variant[@]}" --set stage=regn --out-dir "$run-regn" \
+    --max-steps ${EDTS_REGN_STEPS:-150} --time-budget $EDTS_REGN_SECONDS
+  [[ -z $from ]] && export_model "$run-regn" "$run-regn/model" --raw-weights
+  run_stage refiner && train "${edts_common[@]}" "${variant[@]}" --set stage=refiner --set init="$run-regn/model" \
+    --out-dir "$run-refiner" --max-steps ${EDTS_REFINER_STEPS:-220} --time-budget $EDTS_REFINER_SECONDS
+  export_model "$run-refiner" "$final" --raw-weights "${final_flags[@]}"
+fi
+if [[ $what == edts-v2-unet ]]; then
+  train "${edts_common[@]}" --set stage=unet --set name=unet-t2-tiny-phantom --out-dir "$RUNS/edts-unet" \
+    --max-steps ${EDTS_UNET_STEPS:-450} --time-budget $(( EDTS_REGN_SECONDS + EDTS_REFINER_SECONDS ))
+  export_model "$RUNS/edts-unet" "$RUNS/unet-t2-tiny-phantom" --raw-weights
+fi

@@ -2,18 +2,20 @@
 
 `build_model(method, config)` turns a model card's architecture config into a module:
 "cdm" -> CDM (MRM + MDN + C-UNet), "cunet" -> a C-UNet alone (with "conditioned": false the plain-UNet
-baseline M1), "sdseg" -> SDSeg (autoencoder + vision encoder + denoiser), "segunet" -> the pixel-space baseline.
+baseline M1), "sdseg" -> SDSeg (autoencoder + vision encoder + denoiser), "segunet" -> the pixel-space baseline,
+"edts" -> EDTS-Trans (RegN + texture/structure mask + diffusion refiner).
 """
 
 from torch import nn
 
 from .blocks import ResBlock, SelfAttention, UNet, timestep_embedding
 from .cdm import CDM, CDM_CONFIGS, CUNET_CONFIGS, MDN, MRM, ConditionEmbedding, CUNet
+from .edts import EDTS, EDTS_CONFIGS, RegN, TextureStructureMask
 from .sdseg import (SDSEG_CONFIGS, SEGUNET_CONFIGS, AutoencoderKL, DiagonalGaussian, SDSeg, SegUNet,
                     VisionEncoder)
 
 _BUILDERS = {"cdm": CDM.from_config, "cunet": CUNet.from_config, "sdseg": SDSeg.from_config,
-             "segunet": SegUNet.from_config}
+             "segunet": SegUNet.from_config, "edts": EDTS.from_config}
 
 
 def build_model(method: str, config: dict) -> nn.Module:
@@ -24,6 +26,7 @@ def build_model(method: str, config: dict) -> nn.Module:
 
 __all__ = [
     "build_model", "CDM", "CDM_CONFIGS", "MRM", "MDN", "CUNet", "CUNET_CONFIGS", "ConditionEmbedding",
+    "EDTS", "EDTS_CONFIGS", "RegN", "TextureStructureMask",
     "SDSeg", "SDSEG_CONFIGS", "AutoencoderKL", "DiagonalGaussian", "VisionEncoder", "SegUNet", "SEGUNET_CONFIGS",
     "UNet", "ResBlock", "SelfAttention", "timestep_embedding",
 ]

@@ -1,6 +1,8 @@
 """SDSeg (Stable Diffusion Segmentation, Lin et al. 2024): latent diffusion over segmentation-map latents.
 
-- AutoencoderKL: KL-regularised autoencoder of {-1, 1} masks repeated to 3 channels (frozen once trained).
+- AutoencoderKL: KL-regularised autoencoder of masks (frozen once trained). What it encodes is the config's
+  `mask_encoding` (models/mask_codecs.py): the paper's binary mask as {-1, 1} repeated to 3 channels, or K organ
+  classes as one-hot channels or analog bits, so that one single-step pass segments every organ.
 - VisionEncoder: the AE encoder architecture (initialised from it) + a new 1x1 conv, CT slice -> image latent z_c.
 - Denoiser: timestep UNet on z_t || z_c predicting eps; the z_c input weights start at zero.
 `SDSeg` holds the three plus `latent_scale`; `SegUNet` is the plain pixel-space baseline segmenter.
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from .blocks import Downsample, ResBlock, SelfAttention, Stage, UNet, Upsample, group_norm
+from .mask_codecs import MaskCodec
 
 
 class DiagonalGaussian:
@@ -112,7 +115,11 @@ class VisionEncoder(nn.Module):
         self.project = nn.Conv2d(2 * latent_channels, latent_channels, 1)
 
     def init_from_autoencoder(self, autoencoder: AutoencoderKL) -> None:
-        self.encoder.load_state_dict(autoencoder.encoder.state_dict())
+        """Copy the mask encoder's weights; with a multi-class mask encoding its input conv (K + 1 or bit channels,
+        not 3 CT channels) has another shape and keeps its initialisation."""
+        own = self.encoder.state_dict()
+        fitting = {k: v for k, v in autoencoder.encoder.state_dict().items() if own[k].shape == v.shape}
+        self.encoder.load_state_dict(fitting, strict=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.project(self.encoder(image))
@@ -125,7 +132,8 @@ class SDSeg(nn.Module):
         super().__init__()
         self.config = copy.deepcopy(config)
         z, ae = config["latent_channels"], config["autoencoder"]
-        self.autoencoder = AutoencoderKL(3, z, **ae)
+        self.codec = MaskCodec.from_config(config.get("mask_encoding"))
+        self.autoencoder = AutoencoderKL(self.codec.image_channels, z, **ae)
         self.vision_encoder = VisionEncoder(z, **ae)
         self.vision_encoder.init_from_autoencoder(self.autoencoder)
         den = dict(config["denoiser"])
@@ -148,12 +156,22 @@ class SDSeg(nn.Module):
     def from_config(cls, config: dict) -> "SDSeg":
         return cls(config)
 
-    def encode_mask(self, mask01: torch.Tensor, sample: bool = True,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B, 1, H, W) mask in {0, 1} -> scaled latent (B, z, h, w): posterior sample (or mode) * latent_scale."""
-        posterior = self.autoencoder.encode((mask01 * 2.0 - 1.0).expand(-1, 3, -1, -1))
+    @property
+    def classes(self) -> int:
+        """Foreground classes K (1: the binary union)."""
+        return self.codec.classes
+
+    def encode_labels(self, labels: torch.Tensor, sample: bool = True,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, 1, H, W) class indices 0..K -> scaled latent (B, z, h, w): posterior sample (or mode) * latent_scale."""
+        posterior = self.autoencoder.encode(self.codec.to_image(labels))
         z = posterior.sample(generator) if sample else posterior.mode()
         return z * self.latent_scale
+
+    def encode_mask(self, mask01: torch.Tensor, sample: bool = True,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, 1, H, W) mask in {0, 1} -> scaled latent (the binary model's target)."""
+        return self.encode_labels(mask01, sample, generator)
 
     def encode_image(self, ct: torch.Tensor) -> torch.Tensor:
         """(B, 1 or 3, H, W) normalised CT slice -> image latent z_c (not scaled)."""
@@ -162,19 +180,30 @@ class SDSeg(nn.Module):
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
         return self.denoiser(torch.cat([z_t, z_c], dim=1), t)
 
+    def decode_probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> (B, C, H, W) probabilities: C = 1 (foreground) for the binary model, else K + 1 classes."""
+        return self.codec.probabilities(self.autoencoder.decode(z / self.latent_scale))
+
     def decode_mask(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> (B, 1, H, W) foreground probability in [0, 1]."""
-        x = self.autoencoder.decode(z / self.latent_scale)
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0).mean(dim=1, keepdim=True)
+        """Scaled latent -> (B, 1, H, W) foreground probability in [0, 1] (any class but background)."""
+        probabilities = self.decode_probabilities(z)
+        return probabilities if self.classes == 1 else 1.0 - probabilities[:, :1]
 
 
 class SegUNet(nn.Module):
-    """Non-diffusion baseline: pixel-space UNet, CT slice (B, 1, H, W) -> foreground logit (B, 1, H, W)."""
+    """Non-diffusion baseline: pixel-space UNet, CT slice (B, 1, H, W) -> foreground logit (B, 1, H, W), or with
+    config "classes": K > 1, K + 1 class logits (background first)."""
 
     def __init__(self, config: dict):
         super().__init__()
         self.config = copy.deepcopy(config)
-        self.unet = UNet(1, 1, **config["unet"])
+        self.classes = int(config.get("classes", 1))
+        self.unet = UNet(1, 1 if self.classes == 1 else self.classes + 1, **config["unet"])
+
+    def probabilities(self, ct: torch.Tensor) -> torch.Tensor:
+        """(B, 1) foreground probability, or (B, K + 1) class probabilities: the same channels as SDSeg's."""
+        logits = self.unet(ct).float()
+        return torch.sigmoid(logits) if self.classes == 1 else torch.softmax(logits, dim=1)
 
     @classmethod
     def from_config(cls, config: dict) -> "SegUNet":

@@ -2,20 +2,22 @@
 
 SDSeg, per slice: encode the windowed CT to the condition latent z_c; start from pure noise z_T at t = T-1 (fresh,
 seeded noise for every slice); one denoiser pass predicts eps; the x0 formula gives the mask latent; decode to a
-probability. Steps N > 1 runs DDIM instead; K samples average K probability maps (an ensemble).
+probability (or K + 1 class probabilities for a multi-organ model). Steps N > 1 runs DDIM instead; K samples
+average K probability maps (an ensemble).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..device import resolve_device
+from ..errors import InputError
 from ..volume import Volume, validate_volume
-from ..volume.engine import EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
+from ..volume.engine import BatchReduction, EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler, model_grid
 from .registry import build_slice_model, slice_model
@@ -24,31 +26,74 @@ from .registry import build_slice_model, slice_model
 @dataclass
 class SegmentationResult:
     labels: Volume  # uint8 label values from the card's segments
-    probability: Optional[Volume]  # mean foreground probability over samples (only when samples > 1)
+    # Mean probability over samples per segment name, only when samples > 1: the foreground for a binary model,
+    # each kept organ for a multi-organ one.
+    probabilities: dict[str, Volume] = field(default_factory=dict)
+
+    @property
+    def probability(self) -> Optional[Volume]:
+        """The binary model's foreground probability (None for one sample or a multi-organ model)."""
+        return next(iter(self.probabilities.values())) if len(self.probabilities) == 1 else None
 
 
 def segment(
     *, image: Volume, loaded: LoadedModel, steps: int | None = None, samples: int = 1, threshold: float = 0.5,
-    options: RunOptions | None = None,
+    options: RunOptions | None = None, organs: Optional[Sequence[int]] = None,
 ) -> SegmentationResult:
-    """Label `image` with the card's segment; the task layer (tasks.SegmentRequest) has checked the request."""
+    """Label `image` with the card's segments; the task layer (tasks.SegmentRequest) has checked the request.
+
+    A binary model (one segment) thresholds its foreground probability. A multi-organ model gives each voxel the
+    most probable class (arg-max of the blended class probabilities on the input grid). `organs`: the label values
+    to keep (None: all); the others are set to background after the arg-max, never re-normalised away, so that a
+    stomach voxel does not become liver because the stomach was not asked for.
+    """
     options = options or RunOptions()
     card = loaded.card
     validate_volume(image, "CT")
-    network = build_network(loaded, resolve_device(options.device))
+    network = build_network(loaded, resolve_device(options.device), options)
+    classes = int(getattr(network, "classes", 1))
+    if classes != len(card.segments):
+        raise InputError(f"model {card.name!r} has {classes} classes but its card names {len(card.segments)} segments; "
+                         "re-export the model")
+    kept = [s for s in card.segments if organs is None or s.label in set(organs)]
     grid = model_grid(card)
     scaling = fit_scaling(card.normalization, image, grid)
     model = build_slice_model(network, card, steps=steps, samples=samples)
-    probability = run_slicewise([EngineInput(image, "CT", scaling)], model, 1, grid, options)[0]
-    # A binary model has one foreground class: the card's first (and only) segment gives its label value.
-    labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
-    return SegmentationResult(image.with_array(labels), image.with_array(probability) if samples > 1 else None)
+    engine_input = [EngineInput(image, "CT", scaling)]
+    if classes == 1:
+        probability = run_slicewise(engine_input, model, 1, grid, options)[0]
+        labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
+        probabilities = {card.segments[0].name: image.with_array(probability)} if samples > 1 else {}
+        return SegmentationResult(image.with_array(labels), probabilities)
+
+    kept_classes = [card.segments.index(s) + 1 for s in kept]
+    with_probabilities = samples > 1
+    reduce = BatchReduction(1 + (len(kept_classes) if with_probabilities else 0),
+                            lambda p: _argmax_and_kept(p, kept_classes, with_probabilities))
+    background = [1.0] + [0.0] * classes  # a slice with no window is all background
+    reduced = run_slicewise(engine_input, model, classes + 1, grid, options, background=background, reduce=reduce)
+    class_to_label = np.zeros(classes + 1, dtype=np.uint8)
+    for index in kept_classes:
+        class_to_label[index] = card.segments[index - 1].label
+    labels = class_to_label[reduced[0].astype(np.intp)]
+    probabilities = {card.segments[index - 1].name: image.with_array(reduced[1 + n])
+                     for n, index in enumerate(kept_classes)} if with_probabilities else {}
+    return SegmentationResult(image.with_array(labels), probabilities)
+
+
+def _argmax_and_kept(probabilities: np.ndarray, kept_classes: list[int], with_probabilities: bool) -> np.ndarray:
+    """(B, K + 1, H, W) class probabilities -> (B, 1 [+ kept], H, W): the arg-max class, then the kept classes'
+    probabilities when asked for."""
+    index = probabilities.argmax(axis=1)[:, None].astype(np.float32)
+    if not with_probabilities:
+        return index
+    return np.concatenate([index, probabilities[:, kept_classes]], axis=1)
 
 
 @slice_model("segunet")
 def _unet_slice_model(network, card, **_):
     """The non-diffusion baseline: one deterministic pass."""
-    return lambda batch: torch.sigmoid(network(batch.images).float())
+    return lambda batch: network.probabilities(batch.images)
 
 
 @slice_model("sdseg")
@@ -60,7 +105,8 @@ def _sdseg_slice_model(network, card, *, steps, samples: int, **_):
 
     def model(batch: SliceBatch) -> torch.Tensor:
         condition = network.encode_image(batch.images)
-        probability = torch.zeros((batch.images.shape[0], 1, *batch.images.shape[2:]), device=batch.images.device)
+        channels = 1 if network.classes == 1 else network.classes + 1
+        probability = torch.zeros((batch.images.shape[0], channels, *batch.images.shape[2:]), device=batch.images.device)
         for sample in range(samples):
             batch.check_cancelled()
             z_t = batch.randn(*condition.shape[1:], stream=sample)
@@ -70,7 +116,7 @@ def _sdseg_slice_model(network, card, *, steps, samples: int, **_):
                 latent = sampler.single_step_x0(denoise(z_t, t), last_t, z_t, prediction_type)
             else:
                 latent = sampler.sample(denoise, z_t, prediction_type, on_step=batch.check_cancelled)
-            probability += network.decode_mask(latent).float()
+            probability += network.decode_probabilities(latent).float()
         return probability / samples
 
     return model

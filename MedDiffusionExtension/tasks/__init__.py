@@ -8,8 +8,8 @@ from .request import (
     EXIT_CANCELLED, EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, PRECISIONS, Request, RunSettings,
     check_files, check_not_overwriting, choose_model, execute, load, models_for, offered_methods, warnings_to,
 )
-from .segment import SegmentRequest, probability_path
-from .translate import TranslateRequest, is_spread, parse_targets, target_of
+from .segment import SegmentRequest, parse_organs, probability_path
+from .translate import TranslateRequest, is_mask, is_spread, parse_targets, target_of
 
 REQUESTS = {TranslateRequest.COMMAND: TranslateRequest, SegmentRequest.COMMAND: SegmentRequest}
 
@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
     "REQUESTS", "Request", "RunSettings", "SegmentRequest", "TranslateRequest", "check_not_overwriting", "check_files",
     "choose_model", "execute",
-    "is_spread", "label", "labels", "load", "method_for", "models_for", "offered_methods", "parse_targets",
+    "is_mask", "is_spread", "label", "labels", "load", "method_for", "models_for", "offered_methods", "parse_organs",
+    "parse_targets",
     "probability_path", "request_from_job", "target_of", "warnings_to",
 ]

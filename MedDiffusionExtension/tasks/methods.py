@@ -20,12 +20,15 @@ class Method:
     diffusion: bool  # False: a plain network baseline, one deterministic pass (no sampler, one sample)
     offered: bool = True  # shown in the Slicer and web menus (baselines are for evaluation only)
     runnable: bool = True  # False: recognised, but this version has no pipeline for it yet
+    # A refiner that corrects a first estimate where a mask says so (EDTS-Trans): the mask can be written as an
+    # output, and the refiner's start and reach are options (refine_strength, refine_every_slice).
+    mask_refiner: bool = False
 
 
 METHODS = {
     "cdm": Method("cdm", "CDM", "translation", ("t1", "t2"), diffusion=True),
     "cunet": Method("cunet", "UNet (CDM ablation M1)", "translation", ("t1", "t2"), diffusion=False, offered=False),
-    "edts": Method("edts", "EDTS-Trans", "translation", ("t1",), diffusion=True, runnable=False),
+    "edts": Method("edts", "EDTS-Trans", "translation", ("t1",), diffusion=True, mask_refiner=True),
     "sdseg": Method("sdseg", "SDSeg", "segmentation", ("image",), diffusion=True),
     "segunet": Method("segunet", "UNet baseline", "segmentation", ("image",), diffusion=False, offered=False),
 }

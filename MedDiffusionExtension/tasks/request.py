@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 from ..errors import InputError
-from ..precision import PRECISIONS
+from ..precision import AUTO_BATCH_SIZE, PRECISIONS
 from ..weights import ModelCard, ModelRegistry
 from .methods import METHODS, Method, method_for
 
@@ -36,25 +36,40 @@ class RunSettings:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | str = AUTO_BATCH_SIZE  # slices per batch, or "auto": the card's, else pipelines/batch_size.py
     precision: str = "auto"
+    compile: bool = False  # torch.compile the networks (first batch pays the compile time)
 
     def __post_init__(self):
         if self.steps is not None:
             _whole("steps", self.steps, 1)
         _whole("samples", self.samples, 1)
         _whole("seed", self.seed, None)
-        _whole("batch_size", self.batch_size, 1)
+        if self.batch_size != AUTO_BATCH_SIZE:
+            _whole("batch_size", self.batch_size, 1)
         if not isinstance(self.device, str) or not self.device.strip():
             raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise InputError(f"compile must be true or false, got {self.compile!r}")
 
-    def run_options(self, progress=None, cancel=None):
-        from ..volume.engine import RunOptions  # torch: only when a run starts
+    def run_options(self, progress=None, cancel=None, model=None):
+        """The engine's options with `auto` resolved for `model` (a LoadedModel) on this device: the precision (bf16
+        on CPUs with native bf16 unless its card forbids it) and the batch size (its card's, else the measured rule
+        by its size). Without a model: bf16 allowed, and the rule's batch for a model of unknown size."""
+        from ..device import inference_precision, resolve_device  # torch: only when a run starts
+        from ..pipelines.batch_size import choose_batch_size, parameter_count
+        from ..volume.engine import RunOptions
 
-        return RunOptions(device=self.device, batch_size=self.batch_size, seed=self.seed, progress=progress,
-                          cancel=cancel, precision=self.precision)
+        device = resolve_device(self.device)
+        card = model.card if model is not None else None
+        precision = inference_precision(device, self.precision, card is None or card.inference.cpu_bf16)
+        batch_size = self.batch_size
+        if batch_size == AUTO_BATCH_SIZE:
+            batch_size = choose_batch_size(card, device, parameter_count(model.tensors) if model is not None else None)
+        return RunOptions(device=self.device, batch_size=batch_size, seed=self.seed, progress=progress,
+                          cancel=cancel, precision=precision, compile=self.compile)
 
 
 def choose_model(task: str, model: str = "", method: str = "", registry: Optional[ModelRegistry] = None) -> ModelCard:
@@ -131,6 +146,10 @@ class Request:
 
     def output_dtype(self, name: str) -> str:
         raise NotImplementedError
+
+    def output_segments(self, card: ModelCard, name: str):
+        """The card segments a label-map output holds (what a .seg.nrrd file describes); None for other outputs."""
+        return None
 
     def output_files(self, card: ModelCard, destination: Path) -> dict[str, Path]:
         """Output name -> file for the CLI's destination (a folder or a file, as the task defines it)."""
@@ -212,6 +231,7 @@ def execute(request: Request, loaded, inputs: Mapping[str, Path], outputs: Mappi
         raise InputError(f"{METHODS[card.method].label} needs the input(s) {', '.join(missing)}")
     if set(outputs) != set(expected):
         raise InputError(f"the outputs must be exactly {', '.join(expected)}, got {', '.join(sorted(outputs))}")
+    check_segmentation_files(request, card, outputs)
     check_files({n: inputs[n] for n in needed}, outputs, overwrite, series)
     with output_lock(outputs.values()):
         # Checked again under the lock: a run that held it may have just written these files.
@@ -222,7 +242,18 @@ def execute(request: Request, loaded, inputs: Mapping[str, Path], outputs: Mappi
             options.cancel.raise_if_cancelled()
         if options.progress is not None:
             options.progress(1.0, "writing outputs")
-        return write_volumes({outputs[name]: (results[name], request.output_dtype(name)) for name in expected}, overwrite)
+        return write_volumes({outputs[name]: (results[name], request.output_dtype(name), request.output_segments(card, name))
+                              for name in expected}, overwrite)
+
+
+def check_segmentation_files(request: Request, card: ModelCard, outputs: Mapping[str, Path]) -> None:
+    """Only a label map can be written as Slicer's segmentation file (.seg.nrrd); refused before any work."""
+    from ..volume.segmentation_file import is_segmentation_file
+
+    for name, path in outputs.items():
+        if is_segmentation_file(path) and request.output_segments(card, name) is None:
+            raise InputError(f"output {name} ({Path(path).name}) cannot be a .seg.nrrd segmentation file, which holds "
+                             "label maps only; name it .nrrd or .nii.gz")
 
 
 def load(request: Request, registry: Optional[ModelRegistry] = None, card: Optional[ModelCard] = None):

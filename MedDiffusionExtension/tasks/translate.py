@@ -1,7 +1,12 @@
 """The translation task: which contrasts to synthesize, the outputs it writes, and how they are named.
 
-Outputs: one volume per target (`t1c`, `t2f`, ...) on the reference input's grid, in the card's display units,
-plus `<target>_std` (per-voxel standard deviation over samples, the model's uncertainty) when samples > 1.
+Outputs: one volume per target (`t1c`, `t2f`, `t2w`, ...) on the reference input's grid, in the card's display
+units, plus `<target>_std` (per-voxel standard deviation over samples, the model's uncertainty) when samples > 1,
+and with `save_mask` (methods with a mask-guided refiner: EDTS-Trans) `<target>_mask`: the weight M in [0, 1] with
+which the refiner's synthesis entered the output at each voxel (the rest, 1 - M, is the regression's).
+
+The inputs are the card's (a subset of its method's, in the method's order: the plain UNet baseline T1 -> T2 takes
+T1 alone where CDM's takes T1 and T2).
 
 Before the model runs, inputs are compared with the card's input requirements (an input that is clearly not
 skull-stripped for a model trained on stripped brains is warned about), and with `register` every input after the
@@ -16,9 +21,11 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from ..weights import ModelCard
+from .methods import METHODS
 from .request import Request
 
 SPREAD_SUFFIX = "_std"
+MASK_SUFFIX = "_mask"
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -34,14 +41,23 @@ class TranslateRequest(Request):
     targets: tuple[str, ...] = ()  # model outputs to synthesize; (): all of them
     per_volume_representation: bool = False  # CDM: one target representation for the whole volume
     register: bool = False  # rigidly register every input after the first (T2) to the first (T1) before the run
+    # Mask-guided refiners (EDTS-Trans): also write the mask; start the refiner from the regression noised to this
+    # fraction of the chain (1: from pure noise, all steps); refine every slice instead of skipping untextured ones.
+    save_mask: bool = False
+    refine_strength: float = 1.0
+    refine_every_slice: bool = False
 
     def __post_init__(self):
         if isinstance(self.targets, str) or not all(isinstance(t, str) and t for t in self.targets):
             raise InputError(f"targets must be a list of output names such as t1c, got {self.targets!r}")
         # A repeated target would be computed twice and written over itself.
         object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
-        if not isinstance(self.register, bool):
-            raise InputError(f"register must be true or false, got {self.register!r}")
+        for name in ("register", "save_mask", "refine_every_slice"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        strength = self.refine_strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise InputError(f"refine strength must be a number in (0, 1] (1: sample from pure noise), got {strength!r}")
 
     def check(self, card: ModelCard) -> None:
         super().check(card)
@@ -51,13 +67,29 @@ class TranslateRequest(Request):
                              f"it makes {', '.join(card.output_names)}")
         if self.register and len(self.input_names(card)) < 2:
             raise InputError(f"model {card.name!r} takes one input: there is nothing to register (drop --register)")
+        method = METHODS[card.method]
+        refiner_options = [flag for flag, used in (("--save-mask", self.save_mask),
+                                                   ("--refine-strength", self.refine_strength != 1.0),
+                                                   ("--refine-every-slice", self.refine_every_slice)) if used]
+        if refiner_options and not method.mask_refiner:
+            raise InputError(f"{', '.join(refiner_options)} applies to models with a mask-guided refiner "
+                             f"(EDTS-Trans); model {card.name!r} is {method.label}")
+
+    def input_names(self, card: ModelCard) -> tuple[str, ...]:
+        """The card's inputs, which must be the first of its method's inputs in order (T1, or T1 and T2)."""
+        names, allowed = tuple(card.input_names), METHODS[card.method].inputs
+        if not names or names != allowed[:len(names)]:
+            raise InputError(f"model card of {card.name!r} lists the inputs {', '.join(names) or 'none'}; a "
+                             f"{METHODS[card.method].label} model takes {', '.join(allowed)}; re-export it")
+        return names
 
     def chosen_targets(self, card: ModelCard) -> list[str]:
         return list(self.targets or card.output_names)
 
     def output_names(self, card: ModelCard) -> list[str]:
         targets = self.chosen_targets(card)
-        return targets + ([t + SPREAD_SUFFIX for t in targets] if self.samples(card) > 1 else [])
+        return (targets + ([t + SPREAD_SUFFIX for t in targets] if self.samples(card) > 1 else [])
+                + ([t + MASK_SUFFIX for t in targets] if self.save_mask else []))
 
     def output_dtype(self, name: str) -> str:
         return "float32"
@@ -93,7 +125,8 @@ class TranslateRequest(Request):
         card = loaded.card
         return translate(inputs=self.prepare_inputs(inputs, card, options), loaded=loaded,
                          targets=self.chosen_targets(card), steps=self.settings.steps, samples=self.samples(card),
-                         options=options, per_volume_representation=self.per_volume_representation)
+                         options=options, save_mask=self.save_mask, per_volume_representation=self.per_volume_representation,
+                         refine_strength=self.refine_strength, refine_every_slice=self.refine_every_slice)
 
     @classmethod
     def _job_values(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -110,5 +143,13 @@ def is_spread(name: str) -> bool:
     return name.endswith(SPREAD_SUFFIX)
 
 
+def is_mask(name: str) -> bool:
+    return name.endswith(MASK_SUFFIX)
+
+
 def target_of(name: str) -> str:
-    return name[: -len(SPREAD_SUFFIX)] if is_spread(name) else name
+    """The target an output belongs to: "t1c" for t1c, t1c_std and t1c_mask."""
+    for suffix in (SPREAD_SUFFIX, MASK_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

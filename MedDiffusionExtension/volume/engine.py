@@ -15,7 +15,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..device import PRECISIONS, autocast_dtype, is_out_of_memory, release_cached_memory, resolve_device
+from ..device import (PRECISIONS, autocast_dtype, is_out_of_memory, release_cached_memory, resolve_device,
+                      uses_channels_last)
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, report
 from .normalize import IntensityScaling, scaling_from_card
@@ -34,6 +35,7 @@ class RunOptions:
     cancel: Optional[CancelToken] = None
     mixed_precision: bool = True  # False: fp32 whatever `precision` says
     precision: str = "auto"  # device.PRECISIONS: auto (bf16 on sm80+ GPUs, fp16 on older ones) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the networks (pipelines/common.build_network); the first batch compiles
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -78,6 +80,20 @@ class SliceBatch:
 SliceModel = Callable[[SliceBatch], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class BatchReduction:
+    """A per-batch map of the model's output channels to the `channels` the caller keeps (see run_slicewise)."""
+
+    channels: int
+    function: Callable[[np.ndarray], np.ndarray]  # (B, C, H, W) float32 -> (B, channels, H, W)
+
+    def __call__(self, result: np.ndarray) -> np.ndarray:
+        reduced = self.function(result)
+        if reduced.ndim != 4 or reduced.shape[1] != self.channels:
+            raise RuntimeError(f"batch reduction returned shape {reduced.shape}, expected {self.channels} channels")
+        return reduced
+
+
 def prepare_axial(inputs: Sequence[EngineInput]) -> tuple[AxialReorientation, list[np.ndarray]]:
     """Validated, reference-aligned, normalized inputs as canonical axial (k, j, i) arrays (shared with training)."""
     reference = inputs[0].volume
@@ -117,13 +133,16 @@ def fit_scaling(normalization, volume: Volume, grid: ModelGrid) -> Optional[Inte
 
 def run_slicewise(
     inputs: Sequence[EngineInput], slice_model: SliceModel, out_channels: int, grid: ModelGrid, options: RunOptions,
-    background: Sequence[float] | float = 0.0,
+    background: Sequence[float] | float = 0.0, reduce: Optional[BatchReduction] = None,
 ) -> np.ndarray:
     """Run `slice_model` over every axial slice; returns (out_channels, k, j, i) float32 in the reference's voxel order.
 
     Inputs after the first are resampled onto the first's grid when their grids differ (with a warning).
     `background`: the output (per channel, model units) where a slice holds nothing but background, so no model
     window covers it.
+    `reduce`: turns each batch's (B, out_channels, H, W) result on the input slices into fewer channels before it is
+    kept (e.g. per-class probabilities -> class index), so that only the reduced volume is ever held: 14 class
+    probabilities of a 512 x 512 x 300 CT would be 4.4 GB. The returned array then has reduce.channels channels.
     """
     if not inputs:
         raise ValueError("run_slicewise needs at least one input")
@@ -134,7 +153,8 @@ def run_slicewise(
     placement = _placement(grid, height, width, axial_pixel_spacing(reorientation))
     fills = [item.fill for item in inputs]
     background = [float(background)] * out_channels if isinstance(background, (int, float)) else list(background)
-    output = np.empty((out_channels, n_slices, height, width), dtype=np.float32)
+    kept_channels = out_channels if reduce is None else reduce.channels
+    output = np.empty((kept_channels, n_slices, height, width), dtype=np.float32)
 
     batch_size, start = options.batch_size, 0
     report(options.progress, 0.0, f"slice 0/{n_slices}")
@@ -164,6 +184,8 @@ def run_slicewise(
                 continue
             if result.shape[1] != out_channels:
                 raise RuntimeError(f"slice model returned {result.shape[1]} channels, expected {out_channels}")
+            if reduce is not None:
+                result = reduce(result)
             output[:, start:stop] = result.transpose(1, 0, 2, 3)
             start = stop
             report(options.progress, start / n_slices, f"slice {start}/{n_slices}")
@@ -207,7 +229,10 @@ class _BatchRun:
         return result.numpy()
 
     def _model(self, items: torch.Tensor, slice_numbers: list[int]) -> torch.Tensor:
-        batch = SliceBatch(items.to(self.device), [self.indices.start + n for n in slice_numbers], self.options.seed,
-                           self.device, self.options.cancel)
+        # The networks are channels_last on such devices (build_network): inputs in the same layout keep every
+        # convolution on the fast path; the result goes back to the plain layout the blending and numpy expect.
+        layout = torch.channels_last if uses_channels_last(self.device) else torch.preserve_format
+        batch = SliceBatch(items.to(self.device, memory_format=layout), [self.indices.start + n for n in slice_numbers],
+                           self.options.seed, self.device, self.options.cancel)
         with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext():
-            return self.slice_model(batch)
+            return self.slice_model(batch).contiguous()

@@ -1,4 +1,5 @@
-"""Reading and writing volumes: NIfTI (nibabel), NRRD/MetaImage (SimpleITK), DICOM series (SimpleITK).
+"""Reading and writing volumes: NIfTI (nibabel), NRRD/MetaImage (SimpleITK), DICOM series (SimpleITK); label maps
+also as Slicer's segmentation file (.seg.nrrd, segmentation_file.py).
 
 NIfTI affines are RAS already; ITK geometry is LPS, so x and y flip sign both ways. Headers are checked before any
 voxel is read (dimensions, datatype, voxel size, orientation, declared size against the file and free memory), DICOM
@@ -22,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .segmentation_file import is_segmentation_file, write_segmentation_file
 from .volume import MIN_INPLANE, MIN_SLICES, Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -320,10 +322,15 @@ def check_input_header(path: str | Path, series: str | None = None) -> None:
         raise InputError(f"{path.name} has an unsupported extension; expected {SUPPORTED}")
 
 
-def _write_one(volume: Volume, path: Path, dtype) -> None:
+def _write_one(volume: Volume, path: Path, dtype, segments=None) -> None:
     array = volume.array if dtype is None else volume.array.astype(dtype)
     suffix = _suffix(path)
-    if suffix in NIFTI_SUFFIXES:
+    if is_segmentation_file(path):
+        if segments is None:
+            raise InputError(f"cannot write {path.name}: only a label map with its segments can be a .seg.nrrd; "
+                             "use .nrrd or .nii.gz")
+        write_segmentation_file(volume.with_array(array), path, segments)
+    elif suffix in NIFTI_SUFFIXES:
         image = nib.Nifti1Image(np.ascontiguousarray(array.T), volume.ijk_to_ras)
         image.set_qform(volume.ijk_to_ras, code=1)
         image.set_sform(volume.ijk_to_ras, code=1)
@@ -346,7 +353,7 @@ def _umask() -> int:
     return current
 
 
-WRITABLE = ".nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd"
+WRITABLE = ".nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd (label maps also .seg.nrrd)"
 LOCK_NAME = ".meddiffusion.lock"
 
 
@@ -445,8 +452,9 @@ def _write_error(target: Path, error: BaseException) -> InputError:
     return InputError(f"cannot write {target}: {reason}; free space or choose another output location (nothing was written)")
 
 
-def write_volumes(outputs: dict[str | Path, tuple[Volume, object]], overwrite: bool = True) -> list[Path]:
-    """Write several volumes all-or-nothing; outputs maps path -> (volume, dtype or None).
+def write_volumes(outputs: dict[str | Path, tuple], overwrite: bool = True) -> list[Path]:
+    """Write several volumes all-or-nothing; outputs maps path -> (volume, dtype or None[, segments]): `segments`
+    (a card's Segment list) describes a label map, and a .seg.nrrd path needs them.
 
     Every file, including the data file a .mhd/.nhdr header points to, is first written under its final name into
     a private folder next to its destination (same file system), then the whole group is moved into place. If any
@@ -458,12 +466,12 @@ def write_volumes(outputs: dict[str | Path, tuple[Volume, object]], overwrite: b
     staging: dict[Path, Path] = {}
     placed: list[tuple[Path, Path | None]] = []  # (destination, the previous file kept aside or None)
     try:
-        for target, (volume, dtype) in targets.items():
+        for target, (volume, dtype, *segments) in targets.items():
             if target.parent not in staging:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staging[target.parent] = Path(tempfile.mkdtemp(prefix=".meddiffusion-", dir=target.parent))
             try:
-                _write_one(volume, staging[target.parent] / target.name, dtype)
+                _write_one(volume, staging[target.parent] / target.name, dtype, *segments)
             except (OSError, RuntimeError) as error:
                 raise _write_error(target, error) from None
         mode = 0o666 & ~_umask()

@@ -9,6 +9,7 @@ recipe...) stays in `ModelCard.data`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,8 @@ REQUIRED_FIELDS = (
 TASKS = ("translation", "segmentation")
 NORMALIZATIONS = ("mri_percentile", "ct_window", "none")  # none: voxel values reach the model unchanged
 SCHEDULES = ("linear", "scaled_linear", "cosine")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# "v_prediction" is diffusers' name for v; the diffusion core calls it "v" (the card stores the core's name).
+PREDICTION_TYPES = ("epsilon", "sample", "v", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 # Cards written before the `geometry` field: the pixel spacing their slices reached the model at, derived from the
 # phantom datasets they were trained on (the old engine shrank slices larger than the model to its size):
@@ -79,12 +81,13 @@ class Sampling:
             return None if schedule.get(key) is None else _field(where, f"sampling.schedule.{key}", schedule[key], float)
 
         clip = data.get("clip_sample")
+        prediction = _field(where, "sampling.prediction_type", data.get("prediction_type"), str, choices=PREDICTION_TYPES)
         return cls(
             schedule=Schedule(
                 _field(where, "sampling.schedule.kind", schedule.get("kind"), str, choices=SCHEDULES),
                 _field(where, "sampling.schedule.num_steps", schedule.get("num_steps", 1000), int, positive=True),
                 optional("beta_start"), optional("beta_end")),
-            prediction_type=_field(where, "sampling.prediction_type", data.get("prediction_type"), str, choices=PREDICTION_TYPES),
+            prediction_type={"v_prediction": "v"}.get(prediction, prediction),
             steps=_field(where, "sampling.steps", data.get("steps"), int, positive=True),
             eta=_field(where, "sampling.eta", data.get("eta", 0.0), float),
             timestep_spacing=_field(where, "sampling.timestep_spacing", data.get("timestep_spacing", "leading"), str,
@@ -132,11 +135,82 @@ class OutputRange:
         return values / (self.high - self.low) if is_spread else (values - self.low) / (self.high - self.low)
 
 
+# Slicer's terminology contexts that hold these codes (a segment's TerminologyEntry names them, so that Slicer shows
+# the organ's standard name and can export it to DICOM SEG): SNOMED CT anatomical structures and their laterality.
+SEGMENTATION_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_TERMINOLOGY_CONTEXT = "Anatomic codes - DICOM master list"
+TERMINOLOGY_FIELDS = ("category", "type", "type_modifier")
+# Separators of Slicer's serialized terminology entry (and of .seg.nrrd tags): a code must not contain them.
+TERMINOLOGY_SEPARATORS = "~^|"
+SEGMENT_KEY = re.compile(r"[a-z0-9_]*[a-z][a-z0-9_]*")  # all digits would read as a label number
+
+
+def segment_key(name: str) -> str:
+    """The command-line and file-name key of a segment name: "Right kidney" -> "right_kidney"."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Code:
+    """One coded concept: (coding scheme, code value, code meaning), e.g. ("SCT", "10200004", "Liver")."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    @classmethod
+    def parse(cls, data: Any, where: str, name: str) -> "Code":
+        valid = isinstance(data, (list, tuple)) and len(data) == 3 and all(isinstance(v, str) and v.strip() for v in data)
+        if not valid:
+            raise CardError(f"model card {where}: {name} must be [scheme, value, meaning] (three non-empty strings), "
+                            f"got {data!r}")
+        if any(ch in v for v in data for ch in TERMINOLOGY_SEPARATORS):
+            raise CardError(f"model card {where}: {name} must not contain ~ ^ or | (Slicer's separators), got {data!r}")
+        return cls(*data)
+
+    def as_list(self) -> list[str]:
+        return [self.scheme, self.value, self.meaning]
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """What a segment is, in DICOM segmentation terms: category, type and an optional type modifier (laterality)."""
+
+    category: Code
+    type: Code
+    type_modifier: Optional[Code] = None
+
+    @classmethod
+    def parse(cls, data: Any, where: str, name: str) -> "Terminology":
+        _field(where, name, data, dict)
+        unknown = sorted(set(data) - set(TERMINOLOGY_FIELDS))
+        if unknown:
+            raise CardError(f"model card {where}: {name} has unknown field(s) {', '.join(unknown)}; "
+                            f"expected {', '.join(TERMINOLOGY_FIELDS)}")
+        modifier = data.get("type_modifier")
+        return cls(Code.parse(data.get("category"), where, f"{name}.category"),
+                   Code.parse(data.get("type"), where, f"{name}.type"),
+                   None if modifier is None else Code.parse(modifier, where, f"{name}.type_modifier"))
+
+    def slicer_entry(self) -> str:
+        """The segment tag "TerminologyEntry" as 3D Slicer serializes it: context~category~type~type modifier~
+        anatomic context~anatomic region~anatomic region modifier, each code "scheme^value^meaning"."""
+        codes = [self.category, self.type, self.type_modifier]
+        parts = ["^".join(code.as_list()) if code is not None else "^^" for code in codes]
+        return "~".join([SEGMENTATION_TERMINOLOGY_CONTEXT, *parts, ANATOMIC_TERMINOLOGY_CONTEXT, "^^", "^^"])
+
+
 @dataclass(frozen=True)
 class Segment:
     name: str
     label: int
     color: tuple[float, float, float]
+    key: str = ""  # "": derived from the name (segment_key)
+    terminology: Optional[Terminology] = None
+
+    def __post_init__(self):
+        if not self.key:
+            object.__setattr__(self, "key", segment_key(self.name))
 
     @classmethod
     def parse(cls, data: Any, where: str, index: int) -> "Segment":
@@ -149,7 +223,14 @@ class Segment:
         label = _field(where, f"{name}.label", data.get("label"), int)
         if not 1 <= label <= 255:
             raise CardError(f"model card {where}: {name}.label must be 1..255 (0 is background), got {label}")
-        return cls(_field(where, f"{name}.name", data.get("name"), str), label, tuple(float(c) for c in color))
+        segment_name = _field(where, f"{name}.name", data.get("name"), str)
+        key = _field(where, f"{name}.key", data.get("key", segment_key(segment_name)), str)
+        if not SEGMENT_KEY.fullmatch(key):
+            raise CardError(f"model card {where}: {name}.key must be lowercase letters, digits and _ with at least one "
+                            f"letter (it names files and --organs), got {key!r}")
+        terminology = data.get("terminology")
+        terminology = None if terminology is None else Terminology.parse(terminology, where, f"{name}.terminology")
+        return cls(segment_name, label, tuple(float(c) for c in color), key, terminology)
 
 
 def _names(data: Any, where: str, key: str) -> tuple[str, ...]:
@@ -236,6 +317,41 @@ class InputRequirements:
             _field(where, "input_requirements.note", data.get("note", default.note), str))
 
 
+# Device types an inference.batch_size entry may name (torch.device(...).type).
+BATCH_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How to run the model fast without losing quality. `cpu_bf16`: whether `--precision auto` may use bf16 on a
+    CPU with native bf16 (false when the evaluation's quality guard found bf16 costs more than the project allows);
+    `batch_size`: slices per batch by device type, where measured for this model (else pipelines/batch_size.py's
+    rule). Cards without the field: bf16 allowed, the rule's batch sizes."""
+
+    cpu_bf16: bool = True
+    batch_size: tuple[tuple[str, int], ...] = ()  # (device type, slices) pairs
+
+    def batch_size_for(self, device_type: str) -> Optional[int]:
+        return dict(self.batch_size).get(device_type)
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> "Inference":
+        if data is None:
+            return cls()
+        _field(where, "inference", data, dict)
+        unknown = sorted(set(data) - {"cpu_bf16", "batch_size"})
+        if unknown:  # a new section: a misspelt key would otherwise be silently ignored
+            raise CardError(f"model card {where}: inference has unknown field(s) {', '.join(unknown)}; "
+                            "expected cpu_bf16, batch_size")
+        sizes = _field(where, "inference.batch_size", data.get("batch_size", {}), dict)
+        for device_type, size in sizes.items():
+            if device_type not in BATCH_DEVICE_TYPES:
+                raise CardError(f"model card {where}: inference.batch_size names {device_type!r}, expected one of "
+                                f"{', '.join(BATCH_DEVICE_TYPES)}")
+            _field(where, f"inference.batch_size.{device_type}", size, int, positive=True)
+        return cls(_field(where, "inference.cpu_bf16", data.get("cpu_bf16", True), bool), tuple(sorted(sizes.items())))
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A validated card, its typed parts, and the folder it was read from."""
@@ -251,6 +367,7 @@ class ModelCard:
     image_size: Optional[int]
     geometry: Geometry
     input_requirements: InputRequirements = InputRequirements()
+    inference: Inference = Inference()
 
     @property
     def name(self) -> str:
@@ -310,15 +427,18 @@ def parse_card(data: Any, directory: Path, where: Optional[str] = None) -> Model
         if not isinstance(raw, list):
             raise CardError(f"model card {where}: segments must be a list")
         segments = tuple(Segment.parse(item, where, i) for i, item in enumerate(raw))
-        if len({s.label for s in segments}) != len(segments):
-            raise CardError(f"model card {where}: two segments share a label value")
+        for what, values in (("a label value", [s.label for s in segments]), ("a key", [s.key for s in segments]),
+                             ("a name", [s.name.lower() for s in segments])):
+            if len(set(values)) != len(values):
+                raise CardError(f"model card {where}: two segments share {what} ({', '.join(map(str, values))})")
     # Diffusion models need a sampler; the plain UNet baselines ("cunet", "segunet") have none.
     sampling = Sampling.parse(data["sampling"], where) if "sampling" in data else None
     normalization = Normalization.parse(data["normalization"], where)
     geometry = Geometry.parse(data.get("geometry"), where, normalization, image_size)
     return ModelCard(data, Path(directory), _names(data["inputs"], where, "inputs"), outputs, normalization, sampling,
                      segments, OutputRange(), image_size, geometry,
-                     input_requirements=InputRequirements.parse(data.get("input_requirements"), where, data["task"]))
+                     input_requirements=InputRequirements.parse(data.get("input_requirements"), where, data["task"]),
+                     inference=Inference.parse(data.get("inference"), where))
 
 
 def read_card(directory: Path) -> ModelCard:

@@ -1,4 +1,5 @@
-"""MedDiffusion Translation: synthesize missing MRI contrasts (T1c, FLAIR) from T1 and T2 with a diffusion model.
+"""MedDiffusion Translation: synthesize missing MRI contrasts with a diffusion model: T1c and FLAIR from T1 and T2
+(CDM), or T2 from T1 (EDTS-Trans, which can also show where its refiner acted).
 
 Module / Widget / Logic / Test, as in Slicer's scripted-module template. The Logic needs no GUI: a script calls
 `MedDiffusionTranslationLogic().process(t1Node, t2Node, targets=["t1c"], wait=True)`. The heavy work runs in a
@@ -48,11 +49,14 @@ class MedDiffusionTranslation(ScriptedLoadableModule):  # noqa: F405
             "T1's geometry, named and marked as synthetic. With more than one sample, the per-voxel standard "
             "deviation across samples is added as an uncertainty map. Inputs should be prepared like the model's "
             "training data (skull-stripped); an input that shows a skull is warned about in the status. 'Register "
-            "T2 to T1' first aligns a T2 that moved. Synthetic images are not acquired scans and are not for "
-            "diagnosis.")
+            "T2 to T1' first aligns a T2 that moved. EDTS-Trans synthesizes T2 from the T1 alone: a regression, then "
+            "a diffusion refiner where a texture/structure mask marks detail; 'Show refiner mask' adds that mask (0: "
+            "the regression's voxel, up to 0.72: mostly the refiner's) over the result. Synthetic images are not "
+            "acquired scans and are not for diagnosis.")
         self.parent.acknowledgementText = _(
             "Method: Xing et al., Cross-conditioned Diffusion Model for Medical Image to Image Translation, "
-            "MICCAI 2024. The bundled models are small models trained on synthetic phantoms.")
+            "MICCAI 2024. Xiao et al., Learning MRI Translation with Explicit Dynamic Texture and Structure Priors "
+            "(EDTS-Trans). The bundled models are small models trained on synthetic phantoms.")
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -71,9 +75,9 @@ def registerSampleData():
 class MedDiffusionTranslationParameterNode:
     """
     t1Volume - native T1: the reference grid of every output.
-    t2Volume - T2 (resampled onto the T1 grid when the grids differ).
+    t2Volume - T2 (resampled onto the T1 grid when the grids differ), for models that take one (CDM).
     registerT2 - rigidly register the T2 to the T1 before the synthesis (the transform is reported in the status).
-    method - method key of the model card ("cdm").
+    method - method key of the model card ("cdm", "edts").
     modelName - installed model; empty: the method's default model.
     targets - comma-separated model outputs to synthesize, e.g. "t1c" or "t1c,t2f"; empty: all of them.
     steps - sampling steps; 0: the model card's default.
@@ -82,6 +86,7 @@ class MedDiffusionTranslationParameterNode:
     device - "auto", "cpu", "cuda:N" or "mps".
     batchSize - slices per batch (halved automatically when a GPU runs out of memory).
     precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs), "fp32", "bf16" or "fp16".
+    showRefinerMask - models with a mask-guided refiner (EDTS-Trans): also create its mask and show it over the result.
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -96,6 +101,7 @@ class MedDiffusionTranslationParameterNode:
     device: str = "auto"
     batchSize: Annotated[int, WithinRange(1, 256)] = 8
     precision: str = "auto"
+    showRefinerMask: bool = False
 
 
 #
@@ -151,8 +157,9 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
         self.fillCombo(self.ui.targetComboBox, choices, node.targets)
         node.targets = self.ui.targetComboBox.currentData or ""
         self.ui.modelInfoLabel.text = catalog.cardSummaryHtml(card) if card else _("No model installed.")
-        self.ui.t2Selector.enabled = card is None or "t2" in catalog.tasks().METHODS[card.method].inputs
+        self.ui.t2Selector.enabled = card is None or "t2" in card.input_names
         self.ui.registerCheckBox.enabled = self.ui.t2Selector.enabled
+        self.ui.refinerMaskCheckBox.enabled = card is not None and catalog.tasks().METHODS[card.method].mask_refiner
         self.fillDeviceCombo(node)
 
     def onMethodChanged(self, index) -> None:
@@ -182,7 +189,9 @@ class MedDiffusionTranslationWidget(RunWidgetMixin, ScriptedLoadableModuleWidget
             node.t1Volume, node.t2Volume, targets=[t for t in node.targets.split(",") if t],
             modelName=node.modelName, method=node.method, steps=node.steps, samples=node.samples,
             seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision,
-            register=node.registerT2, wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
+            register=node.registerT2 and self.ui.registerCheckBox.enabled,
+            saveMask=node.showRefinerMask and self.ui.refinerMaskCheckBox.enabled,
+            wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
 
 
 #
@@ -205,25 +214,28 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
         return catalog.tasks().TranslateRequest(model=modelName, method=method).card()
 
     @staticmethod
-    def outputName(t1Volume, target: str, card, uncertainty: bool = False) -> str:
-        """e.g. "BraTS-t1n synthetic T1c (CDM)", and "... uncertainty" for the standard-deviation volume."""
+    def outputName(t1Volume, target: str, card, uncertainty: bool = False, mask: bool = False) -> str:
+        """e.g. "BraTS-t1n synthetic T1c (CDM)", "... uncertainty" for the standard-deviation volume and "... refiner
+        mask" for the mask of a mask-guided refiner."""
         name = f"{t1Volume.GetName()} synthetic {catalog.targetLabel(target)} ({catalog.tasks().METHODS[card.method].label})"
-        return f"{name} uncertainty" if uncertainty else name
+        return f"{name} uncertainty" if uncertainty else f"{name} refiner mask" if mask else name
 
     def process(self, t1Volume, t2Volume=None, targets=None, modelName: str = "", method: str = "cdm",
                 steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 8,
-                precision: str = "auto", register: bool = False, wait: bool = True, onProgress=None, onFinished=None,
-                show: bool = True):
-        """Synthesize `targets` (model output names such as "t1c", "t2f"; default: all the model's outputs).
+                precision: str = "auto", register: bool = False, saveMask: bool = False, wait: bool = True,
+                onProgress=None, onFinished=None, show: bool = True):
+        """Synthesize `targets` (model output names such as "t1c", "t2f", "t2w"; default: all the model's outputs).
         register=True first registers the T2 rigidly to the T1 (in the runner; the T2 node is not changed).
+        saveMask=True (EDTS-Trans) also returns the refiner's mask M in [0, 1], shown over the synthesis.
 
-        wait=True returns {target: node, target + "_std": node (samples > 1)} and raises InputError (bad input),
+        wait=True returns {target: node, target + "_std": node (samples > 1), target + "_mask": node (saveMask)}
+        and raises InputError (bad input),
         Cancelled (logic.cancel() was called, e.g. from onProgress) or RuntimeError (the run failed); the scene
         is only changed on success. wait=False returns at once; onFinished(RunResult) is called when it ends.
         """
         taskLayer = catalog.tasks()
         request = taskLayer.TranslateRequest(model=modelName, method=method, targets=tuple(targets or ()),
-                                             register=bool(register),
+                                             register=bool(register), save_mask=bool(saveMask),
                                              settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
         card = request.card()
         inputs = scene.checkInputs({"t1": t1Volume, "t2": t2Volume}, request.input_names(card), catalog.targetLabel)
@@ -241,14 +253,19 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
             # Read and check every file before the first node enters the scene.
             nodes = {name: exchange.readVolumeOnGrid(path, t1Volume) for name, path in files.items()}
             for name, node in nodes.items():
-                spread = taskLayer.is_spread(name)
-                scene.addVolumeToScene(node, self.outputName(t1Volume, taskLayer.target_of(name), card, uncertainty=spread))
+                spread, mask = taskLayer.is_spread(name), taskLayer.is_mask(name)
+                scene.addVolumeToScene(node, self.outputName(t1Volume, taskLayer.target_of(name), card, uncertainty=spread,
+                                                             mask=mask))
                 scene.markOutput(node, card, name, sources, provenance, synthetic=True)
                 scene.placeWithInputs(node, t1Volume)
                 if spread:
                     scene.styleUncertainty(node)
+                if mask:
+                    scene.styleMask(node)
             if show:
-                scene.showInSliceViews(background=nodes[targets[0]], foreground=nodes.get(f"{targets[0]}_std"))
+                # The mask was asked for explicitly, so it wins the one overlay layer over the uncertainty.
+                overlay = nodes.get(f"{targets[0]}_mask", nodes.get(f"{targets[0]}_std"))
+                scene.showInSliceViews(background=nodes[targets[0]], foreground=overlay)
             return nodes
 
         return self.runJob(job, buildOutputs, wait, onFinished)
@@ -260,13 +277,15 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
 
 
 class MedDiffusionTranslationTest(ScriptedLoadableModuleTest):  # noqa: F405
-    """Runs the Logic on CPU on the bundled sample brain MRI with the bundled default CDM model.
+    """Runs the Logic on CPU on the bundled sample brain MRI with the bundled default CDM model, and with the default
+    EDTS-Trans model when one is installed (T2 from the sample T1, with the refiner mask).
 
     Outside desktop Slicer, Testing/test_slicer_translation.py runs this same class with `modelName` and
-    `sampleDataFolder` pointing at a tiny random-weight model and small synthetic volumes.
+    `sampleDataFolder` pointing at tiny random-weight models and small synthetic volumes.
     """
 
     modelName = ""  # "": the default CDM model
+    edtsModelName = ""  # "": the default EDTS-Trans model; its test is skipped when none is installed
     sampleDataFolder = None  # None: Resources/SampleData
     steps = 2  # plumbing, not image quality, is under test: few sampling steps keep a CPU run short
     device = "cpu"
@@ -282,6 +301,8 @@ class MedDiffusionTranslationTest(ScriptedLoadableModuleTest):  # noqa: F405
         self.test_CancelLeavesSceneUnchanged()
         self.setUp()
         self.test_RefusedInputAddsNothing()
+        self.setUp()
+        self.test_EDTSSyntheticT2WithRefinerMask()
 
     def _loadCase(self):
         """The sample T1 and T2, put in a patient/study folder as a DICOM import would."""
@@ -341,6 +362,37 @@ class MedDiffusionTranslationTest(ScriptedLoadableModuleTest):  # noqa: F405
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(t2), t2Before), "the T2 input was modified")
         self.assertEqual(t1.GetStorageNodeID(), storageBefore)
         self.assertEqual(self._temporaryFolders(), foldersBefore, "temporary files were left behind")
+        self.delayDisplay("Test passed")
+
+    def test_EDTSSyntheticT2WithRefinerMask(self):
+        import numpy as np
+
+        if not self.edtsModelName and not catalog.modelsForMethod(TASK, "edts"):
+            self.delayDisplay("Skipped the EDTS-Trans test: no EDTS-Trans model is installed")
+            return
+        self.delayDisplay("Synthesizing T2 from the sample T1 with EDTS-Trans, with its refiner mask")
+        t1, t2 = self._loadCase()
+        t2Before = slicer.util.arrayFromVolume(t2).copy()
+        logic = MedDiffusionTranslationLogic()
+        card = logic.model(self.edtsModelName, "edts")
+        outputs = logic.process(t1, None, modelName=card.name, method="edts", steps=self.steps, seed=3,
+                                device=self.device, saveMask=True)
+        self.assertEqual(sorted(outputs), ["t2w", "t2w_mask"])
+        synthetic, mask = outputs["t2w"], outputs["t2w_mask"]
+        for node in (synthetic, mask):
+            self.assertTrue(np.array_equal(exchange.ijkToRas(node), exchange.ijkToRas(t1)), "geometry differs from the T1's")
+            self.assertEqual(node.GetImageData().GetDimensions(), t1.GetImageData().GetDimensions())
+            self.assertEqual(node.GetAttribute(scene.SYNTHETIC), "true")
+            self.assertEqual(node.GetAttribute(scene.METHOD), "edts")
+        self.assertEqual(synthetic.GetName(), f"{t1.GetName()} synthetic T2 (EDTS-Trans)")
+        self.assertEqual(mask.GetName(), f"{t1.GetName()} synthetic T2 (EDTS-Trans) refiner mask")
+        values, weights = slicer.util.arrayFromVolume(synthetic), slicer.util.arrayFromVolume(mask)
+        self.assertTrue(np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1000.0)
+        self.assertGreater(float(values.std()), 0.0)
+        # M is a weight: below the TSM's threshold or in (0.5, 0.72] before resampling, never outside [0, 1].
+        self.assertTrue(weights.min() >= 0.0 and weights.max() <= 1.0 and weights.max() > 0.0)
+        self.assertEqual(mask.GetDisplayNode().GetColorNodeID(), scene.MASK_COLOR_NODE_ID)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(t2), t2Before))
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneUnchanged(self):

@@ -246,14 +246,23 @@ class SegmentationSlices(Dataset):
     """(image, mask) pairs: CT windowed to [-1, 1] (1, S, S) and the binary union of the chosen labels (1, S, S).
 
     labels=None takes every non-zero label (SDSeg's BTCV setting: all 13 organs merged into one target).
+    classes: label values of the K organ classes of a multi-organ model; items then also carry "classes", the
+    (1, S, S) long map of class indices (label classes[c - 1] -> c, anything else 0), and the mask is their union.
     augment: an acquisition augmenter (augment.CTAugment) of the image and the full label map; the mask is then taken
     from the augmented label map. None gives the cached slices exactly (validation, evaluation).
     """
 
     def __init__(self, cases: Sequence[Case], grid: ModelGrid, cache_dir: Path, window=(-175.0, 250.0),
-                 labels: Sequence[int] | None = None, min_body: float = 0.05, augment=None):
+                 labels: Sequence[int] | None = None, min_body: float = 0.05, augment=None,
+                 classes: Sequence[int] | None = None):
         normalization = {"kind": "ct_window", "window": list(window)}
+        if classes is not None:
+            labels = classes
         self.labels = None if labels is None else torch.tensor(list(labels))
+        self.class_of_label = None
+        if classes is not None:
+            self.class_of_label = torch.zeros(256, dtype=torch.long)
+            self.class_of_label[torch.tensor(list(classes))] = torch.arange(1, len(classes) + 1)
         self.slices = CachedSlices(cases, ["image", "label"], [normalization, None], grid, cache_dir,
                                    fills=[-1.0, 0.0], keep=_has_foreground(min_body))
         self.augmented = None if augment is None else AugmentedItems(
@@ -271,4 +280,7 @@ class SegmentationSlices(Dataset):
         stacked = self.slices[item] if self.augmented is None else self.augmented(self.slices, item)
         label = stacked[1:2]
         mask = label > 0 if self.labels is None else torch.isin(label.long(), self.labels)
-        return {"image": stacked[:1], "mask": mask.float()}
+        item = {"image": stacked[:1], "mask": mask.float()}
+        if self.class_of_label is not None:
+            item["classes"] = self.class_of_label[label.long().clamp(0, 255)]
+        return item

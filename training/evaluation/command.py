@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from MedDiffusionExtension.errors import InputError
+
 from ..cli import Command
 
 
@@ -30,20 +32,60 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--core", action="store_true",
                         help="the model's default setting and the baseline only: no sampling sweeps, ensembles, "
                              "upper bounds or stability runs (a quicker second test set)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="multi-organ segmentation: skip the peak-memory runs (each row segments the first CT once "
+                             "more in a process of its own)")
+    parser.add_argument("--precision", type=_precisions, default=("auto",), metavar="P[,P...]",
+                        help="inference precision(s) among auto, fp32, bf16, fp16 (default auto). Several, e.g. "
+                             "fp32,bf16: one evaluation per precision into OUT/<precision>/ and OUT/precision.md, "
+                             "each precision's headline metrics against the first's (the quality guard)")
     parser.add_argument("--command-note", default="", help="extra text recorded with the results (e.g. how data was made)")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _precisions(text: str) -> tuple[str, ...]:
+    from MedDiffusionExtension.precision import PRECISIONS
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in PRECISIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected precisions among {', '.join(PRECISIONS)}, got {text!r}")
+    return names
+
+
+def _evaluate(args: argparse.Namespace, precision: str) -> dict:
+    from .common import evaluation_precision
+
     if args.task == "translation":
         from .translation import evaluate_translation as evaluate
     elif args.task == "spacing":
         from .spacing import evaluate_spacing as evaluate
     else:
         from .segmentation import evaluate_segmentation as evaluate
-    results = evaluate(args)
+    with evaluation_precision(precision):
+        results = dict(evaluate(args), precision=precision)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'README.md'}")
+    return results
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .common import precision_comparison
+
+    precisions = args.precision
+    if len(precisions) == 1:
+        _evaluate(args, precisions[0])
+        return 0
+    if args.update_card:
+        raise InputError("--update-card takes one --precision: the card records the metrics of the precision it runs in")
+    out, results = args.out, {}
+    for precision in precisions:
+        results[precision] = _evaluate(argparse.Namespace(**dict(vars(args), out=out / precision, figure=None)), precision)
+    text, verdicts = precision_comparison(args.task, results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "precision.md").write_text(f"# Metrics by precision: {args.model}\n\n{text}", encoding="utf-8")
+    (out / "precision.json").write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'precision.md'}")
     return 0
 
 

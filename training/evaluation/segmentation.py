@@ -1,5 +1,6 @@
 """SDSeg evaluation: Dice / IoU / HD95 per volume at the original resolution; single step vs 10-step DDIM vs a
-5-sample ensemble (Table 4 analogue) and the plain UNet baseline; stability across seeds (Table 5 analogue)."""
+5-sample ensemble (Table 4 analogue) and the plain UNet baseline; stability across seeds (Table 5 analogue).
+A multi-organ model (more than one segment on its card) is evaluated per organ in the BTCV protocol (organs.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from MedDiffusionExtension.weights import load_model
 from ..data import btcv_split, read_btcv
 from .common import limit, markdown_table, run_model, timed, update_card_metrics
 from .figures import segmentation_figure
+from .organs import evaluate_organs
 
 STABILITY_SEEDS = (0, 1, 2, 3, 4)
 
@@ -26,6 +28,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
         cases = btcv_split(cases)[1]
     cases = limit([c for c in cases if "label" in c.paths], args.max_cases)
     model = load_model(args.model, task="segmentation")
+    if len(model.card.segments) > 1:
+        return evaluate_organs(args, cases, model)
     variants = [("SDSeg single step", model, 1, 1)]
     if not args.core:
         variants += [("SDSeg 10-step DDIM", model, 10, 1),

@@ -1,5 +1,6 @@
 """CDM evaluation: Table 1 (copy / M1 / upper bound / CDM), Table 4 (sampling steps), 2D and 3D metrics,
-inter-slice consistency (per-slice vs per-volume representation), and a case figure with uncertainty."""
+inter-slice consistency (per-slice vs per-volume representation), and a case figure with uncertainty. An EDTS-Trans
+model (T1 -> T2) is evaluated by edts.py instead."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from MedDiffusionExtension.volume import AxialReorientation, read_volume, scalin
 from MedDiffusionExtension.pipelines.common import model_grid
 from MedDiffusionExtension.volume.engine import EngineInput, RunOptions, fit_scaling, run_slicewise
 from MedDiffusionExtension.volume.normalize import foreground_mask
-from MedDiffusionExtension.weights import load_model
+from MedDiffusionExtension.weights import ModelRegistry, load_model
 
 from ..data import read_mri_cases, split_by_volume
 from .common import limit, markdown_table, run_model, timed, update_card_metrics
@@ -73,6 +74,10 @@ def _upper_bound(loaded, case_volumes, options) -> dict[str, np.ndarray]:
 
 
 def evaluate_translation(args: argparse.Namespace) -> dict:
+    if ModelRegistry().find(args.model, task="translation").method == "edts":  # T1 -> T2: its own tables
+        from .edts import evaluate_edts
+
+        return evaluate_edts(args)
     cases = read_mri_cases(args.data_root, args.layout)
     if args.split == "test":
         cases = split_by_volume(cases, 0.7, 0)[1]

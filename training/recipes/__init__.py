@@ -24,6 +24,7 @@ from MedDiffusionExtension.errors import InputError
 RECIPES: dict[str, str] = {
     "cdm": "training.recipes.cdm:CDMRecipe",
     "sdseg": "training.recipes.sdseg:SDSegRecipe",
+    "edts": "training.recipes.edts:EDTSRecipe",
 }
 
 

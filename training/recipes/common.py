@@ -45,6 +45,19 @@ def load_stage(model: nn.Module, init: str | None, new_prefixes: tuple[str, ...]
     return model
 
 
+def load_matching(model: nn.Module, init: str) -> nn.Module:
+    """Warm start from a model of another target or encoding (e.g. the binary union model for a multi-organ one):
+    every tensor of `init` whose name and shape fit `model` is copied; the others keep their initialisation."""
+    if not Path(init).is_dir():
+        raise InputError(f"init={init} is not a model folder; pass the --out folder of an export")
+    own = model.state_dict()
+    tensors = {k: v for k, v in load_model(init).tensors.items() if k in own and own[k].shape == v.shape}
+    if not tensors:
+        raise InputError(f"init={init} shares no tensor with this architecture; check --set architecture")
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean((a.float() - b.float()) ** 2)
 

@@ -4,6 +4,11 @@
 2. stage=ldm          vision encoder (initialised from the AE encoder) + denoiser on z_t || z_c with the frozen AE;
                       loss L1(eps) + lambda * L1(z0_hat); latents scaled by 1/std of the first batch's latents
 stage=segunet trains the plain pixel-space UNet baseline (BCE + soft Dice) on the same slices.
+
+Multi-organ (config organs = BTCV label values): the autoencoder encodes K organ classes (config mask_encoding:
+"onehot" or "analog_bits", models/mask_codecs.py) and its reconstruction loss is the codec's; the SegUNet baseline
+gets K + 1 output classes (cross-entropy + soft Dice). warm_start=true starts any stage from a model of another
+target (e.g. the binary union model): every tensor whose name and shape fit is copied, the rest start fresh.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import torch.nn.functional as F
 
 from MedDiffusionExtension.diffusion import x0_and_eps_from_output
 from MedDiffusionExtension.models import SDSEG_CONFIGS, SEGUNET_CONFIGS, build_model
+from MedDiffusionExtension.models.mask_codecs import soft_dice_loss
+from MedDiffusionExtension.weights.organs import organ_segments
 
 from ..data import SegmentationSlices, btcv_split, read_btcv
-from .common import LICENSE, PHANTOM_NOTICE, StagedRecipe, load_stage
+from .common import LICENSE, PHANTOM_NOTICE, StagedRecipe, load_matching, load_stage
 
 STAGES = ("autoencoder", "ldm", "segunet")
 CITATION = ("Lin T, Chen Z, Yan Z, Yu W, Zheng F. Stable Diffusion Segmentation for Biomedical Images with "
@@ -36,6 +43,15 @@ class SDSegRecipe(StagedRecipe):
         "architecture": "tiny",
         "window": [-175.0, 250.0],  # one HU window for training and inference (the reference code used two)
         "labels": None,  # None: union of every organ (the paper's BTCV setting)
+        # Multi-organ: the BTCV label values of the K classes, in class order (None: one binary target), and how
+        # the mask autoencoder encodes them ("onehot" | "analog_bits").
+        "organs": None,
+        "mask_encoding": "onehot",
+        # True: `init` is a model of another target or encoding; tensors whose names and shapes fit are copied.
+        "warm_start": False,
+        # ldm stage: keep init's vision encoder (and denoiser) instead of copying the mask encoder into it; the
+        # latent scale is still measured anew (for a warm start from another target's model).
+        "keep_vision_encoder": False,
         "kl_weight": 1e-6,
         "latent_loss_weight": 1.0,  # lambda
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
@@ -54,14 +70,36 @@ class SDSegRecipe(StagedRecipe):
     normalization_kind = "ct_window"
     modality = "ct"
 
+    def __init__(self, config=None, name=None, check_keys=True):
+        super().__init__(config, name, check_keys)
+        organs = self.config["organs"]
+        if organs is not None:
+            if not organs or len(set(organs)) != len(organs) or not all(isinstance(o, int) and 0 < o < 256 for o in organs):
+                raise ValueError(f"organs must be distinct label values 1..255, got {organs!r}")
+            self.architecture = dict(self.architecture)
+            if self.stage == "segunet":
+                self.architecture["classes"] = len(organs)
+            else:
+                self.architecture["mask_encoding"] = {"kind": self.config["mask_encoding"], "classes": len(organs)}
+
+    @property
+    def multi_organ(self) -> bool:
+        return self.config["organs"] is not None
+
     def architecture_table(self):
         return SEGUNET_CONFIGS if self.stage == "segunet" else SDSEG_CONFIGS
 
+    def _load_init(self, model):
+        if self.config["warm_start"] and self.config["init"]:
+            return load_matching(model, self.config["init"])
+        return load_stage(model, self.config["init"])
+
     def build_model(self):
         if self.stage == "segunet":
-            return build_model("segunet", self.architecture)
-        model = load_stage(build_model("sdseg", self.architecture), self.config["init"])
-        if self.stage == "ldm" and self.config["init"] and not self.config["finetune"]:
+            return self._load_init(build_model("segunet", self.architecture))
+        model = self._load_init(build_model("sdseg", self.architecture))
+        if self.stage == "ldm" and self.config["init"] and not self.config["finetune"] \
+                and not self.config["keep_vision_encoder"]:
             # The vision encoder starts as a copy of the trained mask encoder (the paper's initialisation).
             model.vision_encoder.init_from_autoencoder(model.autoencoder)
         return model
@@ -76,7 +114,11 @@ class SDSegRecipe(StagedRecipe):
     def train_dataset(self):
         cases = btcv_split(read_btcv(Path(self.config["data_root"])))[0]
         return SegmentationSlices(cases, self.model_grid(), Path(self.config["cache_dir"]), tuple(self.config["window"]),
-                                  self.config["labels"], augment=self.augmentation())
+                                  self.config["labels"], augment=self.augmentation(), classes=self.config["organs"])
+
+    def _target(self, batch):
+        """(B, 1, H, W) class indices: the organ classes of a multi-organ model, else the binary mask."""
+        return batch["classes"] if self.multi_organ else batch["mask"].long()
 
     def augmentation_fixed(self) -> dict:
         return {"window": tuple(self.config["window"])}
@@ -88,20 +130,25 @@ class SDSegRecipe(StagedRecipe):
         with torch.no_grad():
             model.latent_scale.fill_(1.0)
             device = model.latent_scale.device
-            latents = model.encode_mask(batch["mask"].to(device), sample=True)
+            latents = model.encode_labels(self._target(batch).to(device), sample=True)
             scale = 1.0 / latents.float().std().clamp_min(1e-6)
             model.latent_scale.fill_(float(scale))
         return {"latent_scale": float(scale)}
 
     def loss(self, model, batch, generator):
         image, mask = batch["image"], batch["mask"]
+        target = self._target(batch)
         if self.stage == "autoencoder":
-            x = (mask * 2.0 - 1.0).expand(-1, 3, -1, -1)
-            posterior = model.autoencoder.encode(x)
-            recon = model.autoencoder.decode(posterior.sample(generator))
-            l1 = F.l1_loss(recon, x)
+            posterior = model.autoencoder.encode(model.codec.to_image(target))
+            terms = model.codec.reconstruction_loss(model.autoencoder.decode(posterior.sample(generator)), target)
             kl = posterior.kl().mean()
-            return l1 + self.config["kl_weight"] * kl, {"l1": l1.detach(), "kl": kl.detach()}
+            logs = {name: value.detach() for name, value in terms.items()}
+            return sum(terms.values()) + self.config["kl_weight"] * kl, {**logs, "kl": kl.detach()}
+        if self.stage == "segunet" and self.multi_organ:
+            logits = model(image).float()
+            cross_entropy = F.cross_entropy(logits, target[:, 0])
+            dice = soft_dice_loss(torch.softmax(logits, dim=1), target[:, 0])
+            return cross_entropy + dice, {"ce": cross_entropy.detach(), "dice_loss": dice.detach()}
         if self.stage == "segunet":
             logits = model(image)
             probability = torch.sigmoid(logits)
@@ -109,7 +156,7 @@ class SDSegRecipe(StagedRecipe):
             bce = F.binary_cross_entropy_with_logits(logits, mask)
             return bce + dice, {"bce": bce.detach(), "dice_loss": dice.detach()}
         with torch.no_grad():
-            z0 = model.encode_mask(mask, sample=True, generator=generator)
+            z0 = model.encode_labels(target, sample=True, generator=generator)
         condition = model.encode_image(image)
         t = self.schedule.sample_timesteps(z0.shape[0], generator).to(z0.device)
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
@@ -124,18 +171,32 @@ class SDSegRecipe(StagedRecipe):
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",
                 "train_cases": len(dataset.slices.case_ids), "train_slices": len(dataset),
-                "target": "union of all labelled organs" if self.config["labels"] is None else f"labels {self.config['labels']}",
+                "target": self._target_description(),
                 "notice": PHANTOM_NOTICE}
+
+    def _target_description(self) -> str:
+        if self.multi_organ:
+            return f"{len(self.config['organs'])} organ classes (BTCV labels {self.config['organs']})"
+        return "union of all labelled organs" if self.config["labels"] is None else f"labels {self.config['labels']}"
 
     def export_card(self):
         method = "segunet" if self.stage == "segunet" else "sdseg"
+        if self.multi_organ:
+            what = "segmentation of each abdominal organ (one label per organ)"
+            segments, output = organ_segments(self.config["organs"]), "organ label map (BTCV numbering)"
+        else:
+            what = "segmentation of abdominal organs (union)"
+            segments = [{"name": "abdominal organs", "label": 1, "color": [0.86, 0.38, 0.28]}]
+            output = "binary label map"
+        description = (f"SDSeg: single-step latent diffusion {what} in CT." if method == "sdseg"
+                       else f"Plain UNet baseline: {what} in CT.")
         return {
             "name": self.config["name"], "version": self.config["version"], "task": "segmentation", "method": method,
             "stage": self.stage,
-            "description": "SDSeg: single-step latent diffusion segmentation of abdominal organs (union) in CT.",
+            "description": description,
             "inputs": [{"name": "image", "modality": "CT (Hounsfield units)"}],
-            "outputs": [{"name": "label", "modality": "binary label map"}],
-            "segments": [{"name": "abdominal organs", "label": 1, "color": [0.86, 0.38, 0.28]}],
+            "outputs": [{"name": "label", "modality": output}],
+            "segments": segments,
             "normalization": {"kind": "ct_window", "window": list(self.config["window"])},
             "architecture": self.architecture,
             "sampling": {"schedule": self.config["schedule"], "prediction_type": "epsilon", "steps": 1, "eta": 0.0,

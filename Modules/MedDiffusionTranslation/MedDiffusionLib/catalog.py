@@ -74,6 +74,8 @@ def cardSummaryHtml(card) -> str:
         ("Metrics", _metricsText(data.get("metrics"))),
         ("Citation", str(data.get("citation", ""))),
     ]
+    if len(card.segments) > 1:
+        rows.insert(2, ("Organs", ", ".join(f"{s.name} ({s.label})" for s in card.segments)))
     if data.get("intended_use"):
         rows.append(("Intended use", str(data["intended_use"])))
     return "".join(f"<b>{html.escape(k)}:</b> {html.escape(v)}<br>" for k, v in rows)

@@ -42,6 +42,7 @@ REQUIRED = (
     Requirement("safetensors", "safetensors", ">=0.4", (0, 4)),
     Requirement("nibabel", "nibabel", ">=5.0", (5, 0)),
     Requirement("scipy", "scipy", ">=1.10", (1, 10)),
+    Requirement("slicerio", "slicerio", ">=1.1", (1, 1)),  # writes .seg.nrrd outputs
 )
 # Shipped with Slicer; reinstalling them breaks Slicer, so they are only ever pinned, never installed.
 NEVER_REINSTALL = ("SimpleITK", "numpy", "requests")
