@@ -177,11 +177,11 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, capsys, monke
     real = volume_io._write_one
     calls = []
 
-    def second_fails(volume, path, dtype):
+    def second_fails(volume, path, *rest):
         calls.append(path)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(volume, path, dtype)
+        real(volume, path, *rest)
 
     monkeypatch.setattr(volume_io, "_write_one", second_fails)
     before = _tree(tmp_path)

@@ -49,6 +49,7 @@ def test_self_tests_on_bundled_sample_data_with_bundled_models(modules):
     translation, segmentation = modules
     test = translation.MedDiffusionTranslationTest()
     test.modelName = cdm
+    test.edtsModelName = _bundled_default("edts") or ""  # the bundled EDTS-Trans model's part of the self-test
     test.runTest()
     test = segmentation.MedDiffusionSegmentationTest()
     test.modelName = sdseg

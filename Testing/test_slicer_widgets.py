@@ -101,7 +101,8 @@ def test_translation_widget_runs_in_the_background_and_cancels(modules, tiny_mod
     t1, t2 = sampledata.loadSampleCase("mri", ("t1n", "t2w"), sample_data).values()
     widget, node = make_widget(translation.MedDiffusionTranslationWidget, translation.MedDiffusionTranslationLogic,
                                ("methodComboBox", "modelComboBox", "targetComboBox", "deviceComboBox", "precisionComboBox"))
-    assert widget.ui.methodComboBox.items == [("CDM", "cdm")]
+    # Every translation method with an installed model (the bundled CDM and EDTS-Trans), CDM first.
+    assert widget.ui.methodComboBox.items == [("CDM", "cdm"), ("EDTS-Trans", "edts")]
     assert [data for _, data in widget.ui.precisionComboBox.items] == ["auto", "fp32", "bf16", "fp16"]
     widget.ui.precisionComboBox.setCurrentIndex(1)
     widget.onPrecisionChanged(1)
