@@ -96,7 +96,8 @@ EVERY_STAGE = [
     ("sdseg", "autoencoder", MICRO_SDSEG, {}), ("sdseg", "ldm", MICRO_SDSEG, {}), ("sdseg", "segunet", MICRO_SEGUNET, {}),
     ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7]}),
     ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_encoding": "analog_bits"}),
-    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7]}), ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7]}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_loss_weight": 1.0}), ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
     ("edts", "regn", MICRO_EDTS, {}), ("edts", "refiner", MICRO_EDTS, {}), ("edts", "joint", MICRO_EDTS, {}),
     ("edts", "unet", MICRO_EDTS, {}),
 ]
@@ -124,3 +125,24 @@ def test_every_trainable_parameter_of_every_stage_gets_a_gradient(name, stage, a
     loss, _ = recipe.loss(model, batch, generator)
     loss.backward()
     assert chosen and not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_the_mask_loss_adds_the_codec_reconstruction_of_the_decoded_one_step_estimate():
+    """mask_loss_weight w adds w x (cross-entropy + soft Dice) of the decoded z0 estimate to the paper's latent loss;
+    the same draws otherwise (one generator seed) give the same latent terms."""
+    organs = {"organs": [1, 6, 7], "architecture": MICRO_SDSEG, "stage": "ldm"}
+    torch.manual_seed(0)
+    model = build_recipe("sdseg", organs).build_model().eval()
+    generator = torch.Generator().manual_seed(1)
+    batch = {"image": torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1,
+             "classes": torch.randint(0, 4, (2, 1, 32, 32), generator=generator)}
+    batch["mask"] = (batch["classes"] > 0).float()
+    losses = {}
+    for weight in (0.0, 0.5):
+        recipe = build_recipe("sdseg", {**organs, "mask_loss_weight": weight})
+        losses[weight] = recipe.loss(model, batch, torch.Generator().manual_seed(2))
+    (plain, plain_logs), (weighted, logs) = losses[0.0], losses[0.5]
+    assert "mask_ce" not in plain_logs and torch.equal(plain_logs["l_z0"], logs["l_z0"])
+    reconstruction = logs["mask_ce"] + logs["mask_dice_loss"]
+    assert reconstruction > 0
+    assert torch.isclose(weighted - plain, 0.5 * reconstruction, rtol=1e-5)

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "train": "training.cli:TRAIN",
     "export": "training.cli:EXPORT",
     "evaluate": "training.evaluation:COMMAND",
+    "roundtrip": "training.evaluation.roundtrip:COMMAND",
     "phantoms": "training.phantoms.cli:COMMAND",
     "bench": "training.bench:COMMAND",
 }

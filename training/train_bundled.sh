@@ -184,6 +184,30 @@ if [[ $what == organs-v2-unet ]]; then
   export_model "$RUNS/segunet-organs" "$RUNS/segunet-organs-tiny-phantom"
 fi
 
+# The bundled sdseg-organs-tiny-phantom 0.1.0 (organs-v3, after organs-v2-onehot's autoencoder stage): the one-hot
+# autoencoder trained on (2100 s, 2 threads) until its round trip carries every organ (python -m training roundtrip),
+# then the latent stage with the decoded-mask loss (mask_loss_weight: cross-entropy + soft Dice of the decoded
+# one-step estimate, so that small organs count) for ORGANS_LDM3_SECONDS; side by side, organs-v3-unet continues
+# the multi-class UNet baseline for the same wall time (THREADS=1 each).
+ORGANS_LDM3_SECONDS=${ORGANS_LDM3_SECONDS:-4800}
+if [[ $what == organs-v3 ]]; then
+  run=$RUNS/sdseg-organs-onehot
+  run_stage ae && train "${organs_common[@]}" --set mask_encoding=onehot --set stage=autoencoder --set warm_start=true \
+    --set init="$run-ae/model" --out-dir "$run-ae2" --max-steps ${ORGANS_AE2_STEPS:-3000} \
+    --time-budget ${ORGANS_AE2_SECONDS:-2100} --lr 1e-3 --warmup-steps 20
+  [[ -z $from ]] && export_model "$run-ae2" "$run-ae2/model"
+  run_stage ldm && train "${organs_common[@]}" --set mask_encoding=onehot --set stage=ldm --set keep_vision_encoder=true \
+    --set init="$run-ae2/model" --set mask_loss_weight=1.0 --set name=sdseg-organs-tiny-phantom --out-dir "$run-ldm3" \
+    --max-steps ${ORGANS_LDM3_STEPS:-500} --time-budget $ORGANS_LDM3_SECONDS --lr 4e-4 --warmup-steps 30
+  export_model "$run-ldm3" Resources/Models/sdseg-organs-tiny-phantom --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == organs-v3-unet ]]; then
+  train "${organs_common[@]}" --set stage=segunet --set warm_start=true --set init="$RUNS/segunet-organs-tiny-phantom" \
+    --set name=segunet-organs-tiny-phantom --out-dir "$RUNS/segunet-organs3" --max-steps ${ORGANS_UNET3_STEPS:-600} \
+    --time-budget $ORGANS_LDM3_SECONDS --lr 5e-4 --warmup-steps 20 --ema-decay 0.995
+  export_model "$RUNS/segunet-organs3" "$RUNS/segunet-organs3-tiny-phantom"
+fi
+
 # ---------------------------------------------------------------------------------------------------------------
 # EDTS-Trans T1 -> T2 (edts-tiny-phantom), on the randomized phantoms of 0.2.0:
 #   bash training/train_bundled.sh edts-v2           the bundled model: RegN, then the refiner with RegN frozen

@@ -132,7 +132,7 @@ def target_checks(results: dict) -> list[tuple[str, float, float, bool]]:
         if run and baseline:
             network = run["network_seconds_per_slice"]["median"] * cdm["volume_slices"]
             checks.append((label, baseline["volume_seconds"] / network, TARGETS[label], True))
-    for name in ("cdm-paper", "sdseg-paper"):
+    for name in ("cdm-tiny", "sdseg-tiny", "cdm-paper", "sdseg-paper"):  # every pipeline at both scales
         for key, run in results.get(name, {}).get("pipelines", {}).items():
             if key.startswith("fp32"):
                 checks.append((f"pipeline efficiency ({name}, {key})", run["pipeline_efficiency"],

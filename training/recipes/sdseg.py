@@ -54,6 +54,11 @@ class SDSegRecipe(StagedRecipe):
         "keep_vision_encoder": False,
         "kl_weight": 1e-6,
         "latent_loss_weight": 1.0,  # lambda
+        # ldm stage: weight of the mask autoencoder's own reconstruction loss (the codec's: cross-entropy + soft Dice
+        # for organ classes, L1 for the binary mask) on the decoded one-step estimate z0_hat, through the frozen
+        # decoder. 0 (default): the paper's latent losses only. The latent L1 weighs an organ by its latent pixels,
+        # so an adrenal gland or the gallbladder hardly counts; in pixel space the soft Dice weighs every organ alike.
+        "mask_loss_weight": 0.0,
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
         # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
         # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
@@ -166,7 +171,12 @@ class SDSegRecipe(StagedRecipe):
         noise_loss = F.l1_loss(eps_hat, noise)
         latent_loss = F.l1_loss(z0_hat, z0)
         logs = {"l_eps": noise_loss.detach(), "l_z0": latent_loss.detach()}
-        return noise_loss + self.config["latent_loss_weight"] * latent_loss, logs
+        loss = noise_loss + self.config["latent_loss_weight"] * latent_loss
+        if self.config["mask_loss_weight"]:
+            terms = model.codec.reconstruction_loss(model.autoencoder.decode(z0_hat / model.latent_scale), target)
+            logs.update({f"mask_{name}": value.detach() for name, value in terms.items()})
+            loss = loss + self.config["mask_loss_weight"] * sum(terms.values())
+        return loss, logs
 
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",
