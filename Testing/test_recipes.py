@@ -97,7 +97,8 @@ EVERY_STAGE = [
     ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7]}),
     ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_encoding": "analog_bits"}),
     ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7]}),
-    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_loss_weight": 1.0}), ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_loss_weight": 1.0}),
+    ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
     ("edts", "regn", MICRO_EDTS, {}), ("edts", "refiner", MICRO_EDTS, {}), ("edts", "joint", MICRO_EDTS, {}),
     ("edts", "unet", MICRO_EDTS, {}),
 ]
