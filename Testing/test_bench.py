@@ -71,6 +71,9 @@ def test_quick_runs_the_paper_scale_once_in_fp32_and_full_runs_repeat_every_prec
     _, full = command.plan("sdseg-paper", quick=False, device="cpu")
     assert full["precisions"] == ["fp32", "bf16"] and full["repeats"] == 2 and full["batch_sizes"] == [1, 2]
     assert command.plan("cdm-tiny", quick=False, device="cuda")[1]["precisions"] == ["fp32", "bf16", "fp16"]
+    _, quick_tiny = command.plan("cdm-tiny", quick=True, device="cpu")  # the tiny scale keeps bf16 beside fp32
+    assert quick_tiny["precisions"] == ["fp32", "bf16"] and quick_tiny["baseline_precisions"] == ["fp32"]
+    assert not quick_tiny["layout_study"] and quick_tiny["repeats"] == 1
     assert command.plan("cdm_volume", quick=False, device="cpu") == ("cdm_volume", {"device": "cpu"})
     assert set(command.QUICK_JOBS) < set(command.JOBS)
 

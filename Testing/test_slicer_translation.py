@@ -140,6 +140,7 @@ def test_parameter_node_declares_validated_fields(module, scene):
     assert (node.method, node.targets, node.steps, node.samples, node.device) == ("cdm", "t1c", 0, 1, "auto")
     assert node.registerT2 is False  # "Register T2 to T1" starts unticked
     assert node.showRefinerMask is False  # "Show refiner mask" too
+    assert node.batchSize == 0  # "auto": the card's batch for the device, else the measured rule
     node.registerT2 = True
     assert node.parameterNode.GetParameter("registerT2") == "true"
     node.samples = 4
@@ -190,3 +191,10 @@ def test_the_panel_asks_edts_for_a_t1_alone_and_offers_its_mask(module, tiny_mod
     node.t1Volume = t1
     widget.updatePanel()
     assert (widget.ui.applyButton.text, widget.ui.applyButton.enabled) == ("Synthesize T2", True)
+
+
+def test_the_panel_batch_size_zero_asks_the_task_layer_for_the_automatic_batch(module):
+    from MedDiffusionLib import catalog
+
+    assert catalog.runSettings(0, 1, 0, "cpu", 0).batch_size == "auto"
+    assert catalog.runSettings(0, 1, 0, "cpu", 3).batch_size == 3

@@ -34,9 +34,11 @@ def plan(job: str, quick: bool, device: str) -> tuple[str, dict]:
     paper = scale == "paper"
     parameters = {"method": method, "scale": scale, "device": device, "precisions": precisions,
                   "baseline_precisions": precisions, "layout_study": True, "warm_up": True, "slow_baselines": True}
-    if quick:  # under two minutes on 2 CPU cores: the paper scale once, cold, on one slice, fp32 only
+    if quick:  # under two minutes on 2 CPU cores: the paper scale once, cold, on one slice, fp32 only; no layout
+        # study, and the pixel-space peers in fp32 only
         slices = {"cdm": 4, "sdseg": 1}[method]
-        parameters.update(slices=1 if paper else slices, repeats=1, emulated_sampling=False, baseline_warm_up=False)
+        parameters.update(slices=1 if paper else slices, repeats=1, emulated_sampling=False, baseline_warm_up=False,
+                          layout_study=False, baseline_precisions=["fp32"])
         if paper:
             parameters.update(precisions=["fp32"], baseline_precisions=["fp32"], warm_up=False, layout_study=False,
                               slow_baselines=False)

@@ -3,6 +3,7 @@ benchmarks and the evaluation. Each task owns its request (inputs, targets, opti
 against a model card, its output names and files, and the shape of its result. Torch-free to import."""
 
 from ..errors import InputError
+from ..precision import AUTO_BATCH_SIZE
 from .methods import LABELS, METHODS, Method, label, labels, method_for
 from .request import (
     EXIT_CANCELLED, EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, PRECISIONS, Request, RunSettings,
@@ -22,7 +23,7 @@ def request_from_job(job) -> Request:
 
 
 __all__ = [
-    "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
+    "AUTO_BATCH_SIZE", "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
     "REQUESTS", "Request", "RunSettings", "SegmentRequest", "TranslateRequest", "check_not_overwriting", "check_files",
     "choose_model", "execute",
     "is_mask", "is_spread", "label", "labels", "load", "method_for", "models_for", "offered_methods", "parse_organs",

@@ -76,8 +76,10 @@ class MedDiffusionSegmentationParameterNode:
     threshold - foreground probability above which a voxel is in the segment.
     seed - random seed: the same seed gives the same result.
     device - "auto", "cpu", "cuda:N" or "mps".
-    batchSize - slices per batch (halved automatically when a GPU runs out of memory).
-    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs), "fp32", "bf16" or "fp16".
+    batchSize - slices per batch, 0: automatic (the card's, else the measured rule; halved automatically when a
+      GPU runs out of memory).
+    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs; on CPUs bf16 only with native bf16 units and
+      a card that allows it, else fp32), "fp32", "bf16" or "fp16".
     excludedOrgans - comma-separated keys of the organs left out (unchecked); "": every organ of the model.
     """
 
@@ -88,7 +90,7 @@ class MedDiffusionSegmentationParameterNode:
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
-    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0
     precision: str = "auto"
     excludedOrgans: str = ""
 
@@ -241,7 +243,7 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
         return f"{inputVolume.GetName()} {kind} ({catalog.tasks().METHODS[card.method].label})"
 
     def process(self, inputVolume, modelName: str = "", steps: int = 1, samples: int = 1, threshold: float = 0.5,
-                seed: int = 0, device: str = "auto", batchSize: int = 8, precision: str = "auto", organs=None,
+                seed: int = 0, device: str = "auto", batchSize: int = 0, precision: str = "auto", organs=None,
                 wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
         """Segment `inputVolume` (CT in HU); `organs`: the organs to keep (keys, names or label values; None: all).
 

@@ -84,8 +84,10 @@ class MedDiffusionTranslationParameterNode:
     samples - syntheses averaged; more than one also gives an uncertainty (standard deviation) volume.
     seed - random seed: the same seed gives the same result.
     device - "auto", "cpu", "cuda:N" or "mps".
-    batchSize - slices per batch (halved automatically when a GPU runs out of memory).
-    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs), "fp32", "bf16" or "fp16".
+    batchSize - slices per batch, 0: automatic (the card's, else the measured rule; halved automatically when a
+      GPU runs out of memory).
+    precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs; on CPUs bf16 only with native bf16 units and
+      a card that allows it, else fp32), "fp32", "bf16" or "fp16".
     showRefinerMask - models with a mask-guided refiner (EDTS-Trans): also create its mask and show it over the result.
     """
 
@@ -99,7 +101,7 @@ class MedDiffusionTranslationParameterNode:
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
-    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0
     precision: str = "auto"
     showRefinerMask: bool = False
 
@@ -221,7 +223,7 @@ class MedDiffusionTranslationLogic(ScriptedLoadableModuleLogic, BackgroundLogic)
         return f"{name} uncertainty" if uncertainty else f"{name} refiner mask" if mask else name
 
     def process(self, t1Volume, t2Volume=None, targets=None, modelName: str = "", method: str = "cdm",
-                steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 8,
+                steps: int = 0, samples: int = 1, seed: int = 0, device: str = "auto", batchSize: int = 0,
                 precision: str = "auto", register: bool = False, saveMask: bool = False, wait: bool = True,
                 onProgress=None, onFinished=None, show: bool = True):
         """Synthesize `targets` (model output names such as "t1c", "t2f", "t2w"; default: all the model's outputs).

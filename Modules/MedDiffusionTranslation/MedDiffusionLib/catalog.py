@@ -90,6 +90,8 @@ def deviceChoices() -> list[tuple[str, str]]:
 
 
 def runSettings(steps: int, samples: int, seed: int, device: str, batchSize: int, precision: str = "auto"):
-    """The task layer's run settings from a panel's values (steps 0: the model card's default)."""
+    """The task layer's run settings from a panel's values (steps 0: the model card's default; batchSize 0: "auto",
+    the card's batch for the device, else the measured rule)."""
+    batch = tasks().AUTO_BATCH_SIZE if int(batchSize) == 0 else int(batchSize)
     return tasks().RunSettings(steps=int(steps) or None, samples=int(samples), seed=int(seed), device=device,
-                               batch_size=int(batchSize), precision=precision)
+                               batch_size=batch, precision=precision)
