@@ -23,7 +23,8 @@ def request_from_job(job) -> Request:
 
 
 __all__ = [
-    "AUTO_BATCH_SIZE", "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
+    "AUTO_BATCH_SIZE",
+    "EXIT_CANCELLED", "EXIT_FAILURE", "EXIT_INPUT", "EXIT_OK", "EXIT_SOME_FAILED", "LABELS", "METHODS", "Method", "PRECISIONS",
     "REQUESTS", "Request", "RunSettings", "SegmentRequest", "TranslateRequest", "check_not_overwriting", "check_files",
     "choose_model", "execute",
     "is_mask", "is_spread", "label", "labels", "load", "method_for", "models_for", "offered_methods", "parse_organs",
