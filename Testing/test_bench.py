@@ -167,3 +167,14 @@ def test_a_scale_job_runs_the_real_pipeline_with_its_networks_timed_inside():
         flops["vision encoder"] + 10 * flops["denoiser step"] + flops["mask decoder"])
     assert all(study["max_abs_difference"] <= 1e-4 for study in result["layouts"].values())  # channels_last is lossless
     assert result["baselines"] == {}
+
+
+def test_the_organ_jobs_take_the_first_installed_multi_organ_sdseg_model(tmp_path, monkeypatch):
+    from MedDiffusionExtension.bench import bundled_jobs
+    from tiny_models import write_micro_model
+
+    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(tmp_path))
+    write_micro_model(tmp_path, "sdseg", name="aaa-union-micro")  # one segment: not an organ model
+    write_micro_model(tmp_path, "sdseg", name="zzz-organs-micro", organs=[1, 6])
+    assert bundled_jobs.organ_model() in {"zzz-organs-micro", "sdseg-organs-tiny-phantom"}
+    assert set(bundled_jobs.JOBS) == set(command.BUNDLED_JOBS)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 SCALE_JOBS = ("cdm-tiny", "sdseg-tiny", "cdm-paper", "sdseg-paper")
-BUNDLED_JOBS = ("engine_overhead", "cdm_volume", "sdseg_volume", "sdseg_large")
+BUNDLED_JOBS = ("engine_overhead", "cdm_volume", "sdseg_volume", "sdseg_large", "sdseg_organs_volume", "sdseg_organs_large")
 JOBS = ("machine",) + SCALE_JOBS + BUNDLED_JOBS
 QUICK_JOBS = ("machine",) + SCALE_JOBS
 
