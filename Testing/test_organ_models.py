@@ -142,3 +142,15 @@ def test_a_v_prediction_card_samples_with_the_cores_v():
 
     data = {"schedule": {"kind": "linear", "num_steps": 10}, "prediction_type": "v_prediction", "steps": 2}
     assert Sampling.parse(data, "test").prediction_type == "v"
+
+
+def test_the_bundled_organ_model_is_offered_beside_the_default_union_model(tmp_path, monkeypatch):
+    """The union model stays the default until the organ model beats it on the union Dice (docs/evaluation)."""
+    from MedDiffusionExtension import tasks
+
+    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(tmp_path))  # bundled models only
+    cards = {card.name: card for card in tasks.models_for("segmentation", "sdseg")}
+    assert tasks.choose_model("segmentation").name == "sdseg-tiny-phantom"
+    organs = cards["sdseg-organs-tiny-phantom"]
+    assert [s.label for s in organs.segments] == list(range(1, 14))
+    assert organs.architecture["mask_encoding"] == {"kind": "onehot", "classes": 13}

@@ -185,7 +185,7 @@ def test_segment_labels_use_the_cards_segment(models_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(root))
     rng = np.random.default_rng(0)
     ct = Volume(rng.normal(0, 400, (4, 32, 32)).astype(np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]))
-    loaded = tasks.load(tasks.SegmentRequest())
+    loaded = tasks.load(tasks.SegmentRequest(model="sdseg-micro-test"))
     out = tasks.SegmentRequest(threshold=0.01).run({"image": ct}, loaded, tasks.RunSettings().run_options())
     assert set(np.unique(out["labels"].array)) <= {0, 6} and (out["labels"].array == 6).any()
 

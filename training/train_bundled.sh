@@ -2,6 +2,7 @@
 # Reproduces the bundled default models (Resources/Models) on this project's phantoms, on a CPU.
 #   bash training/train_bundled.sh [cdm|sdseg|data|all]          0.1.0: one fixed acquisition, from scratch
 #   bash training/train_bundled.sh [data-v2|cdm-v2|sdseg-v2]     0.2.0: randomized acquisitions (see below)
+#   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
 # Budgets are optimizer steps sized for a 2-core CPU (about 30 min per method); scale them up on a GPU.
@@ -153,8 +154,8 @@ fi
 # same way from the 0.2.0 union SegUNet ($RUNS/segunet-tiny-phantom, written by sdseg-v2) and trains for the same
 # wall time. The three chains run side by side (THREADS=1 each), on the same randomized data as 0.2.0; the step
 # counts are what fits those times on a 2-core CPU, so that each cosine schedule ends near its time budget.
-# Not yet enough: at these budgets the autoencoders reconstruct only the largest organs (docs/decisions.md,
-# "Multi-organ SDSeg"), so no organ model is bundled; the next run needs a much longer autoencoder stage first.
+# Not enough on its own: at these budgets the autoencoders reconstruct only the largest organs (docs/decisions.md,
+# "Multi-organ SDSeg"); organs-v3 below continues the one-hot autoencoder and trains the bundled organ model.
 ORGANS=${ORGANS:-[1,2,3,4,5,6,7,8,9,10,11,12,13]}
 organs_common=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.1.0
                --set "organs=$ORGANS" --optimizer adamw --lr-schedule cosine --batch-size 8)
