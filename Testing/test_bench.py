@@ -174,7 +174,8 @@ def test_the_organ_jobs_take_the_first_installed_multi_organ_sdseg_model(tmp_pat
     from tiny_models import write_micro_model
 
     monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(tmp_path))
-    write_micro_model(tmp_path, "sdseg", name="aaa-union-micro")  # one segment: not an organ model
-    write_micro_model(tmp_path, "sdseg", name="zzz-organs-micro", organs=[1, 6])
-    assert bundled_jobs.organ_model() in {"zzz-organs-micro", "sdseg-organs-tiny-phantom"}
+    # Listed by name after the default (the bundled union model): the one-segment micro model comes first.
+    write_micro_model(tmp_path, "sdseg", name="aaa-union-micro")
+    write_micro_model(tmp_path, "sdseg", name="aab-organs-micro", organs=[1, 6])
+    assert bundled_jobs.organ_model() == "aab-organs-micro"
     assert set(bundled_jobs.JOBS) == set(command.BUNDLED_JOBS)

@@ -40,8 +40,7 @@ def plan(job: str, quick: bool, device: str) -> tuple[str, dict]:
         parameters.update(slices=1 if paper else slices, repeats=1, emulated_sampling=False, baseline_warm_up=False,
                           layout_study=False, baseline_precisions=["fp32"])
         if paper:
-            parameters.update(precisions=["fp32"], baseline_precisions=["fp32"], warm_up=False, layout_study=False,
-                              slow_baselines=False)
+            parameters.update(precisions=["fp32"], warm_up=False, slow_baselines=False)
     else:
         parameters.update(slices=2 if paper else {"cdm": 16, "sdseg": 8}[method], repeats=2 if paper else 3,
                           batch_sizes=[1, 2] if paper else [1, 2, 4, 8, 16])
