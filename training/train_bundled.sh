@@ -128,6 +128,27 @@ if [[ $what == sdseg-v2 ]]; then
   export_model "$RUNS/sdseg-segunet-v2" "$RUNS/segunet-tiny-phantom" --raw-weights
 fi
 
+# 0.3.0 of the union model (sdseg-v3): the 0.2.0 latent stage trained further on the same randomized data with the
+# decoded-mask loss (mask_loss_weight, the codec's L1 on the decoded one-step estimate, as the organ model); side by
+# side, sdseg-v3-unet continues the 0.2.0 SegUNet baseline for the same wall time (THREADS=1 each).
+SDSEG_V3_SECONDS=${SDSEG_V3_SECONDS:-5100}
+if [[ $what == sdseg-v3 ]]; then
+  common=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.3.0 --optimizer adamw
+          --lr-schedule cosine)
+  [[ -f $RUNS/sdseg-ldm-v2/model/model.safetensors ]] || export_model "$RUNS/sdseg-ldm-v2" "$RUNS/sdseg-ldm-v2/model"
+  train "${common[@]}" --set stage=ldm --set init="$RUNS/sdseg-ldm-v2/model" --set finetune=true --set mask_loss_weight=1.0 \
+    --out-dir "$RUNS/sdseg-ldm-v3" --max-steps ${SDSEG_V3_STEPS:-550} --time-budget $SDSEG_V3_SECONDS --batch-size 8 --lr 2e-4 \
+    --warmup-steps 20 --ema-decay 0.995
+  # Exported beside the runs; eval-v3 measures it against 0.2.0 before it replaces the bundled model.
+  export_model "$RUNS/sdseg-ldm-v3" "$RUNS/sdseg-v3-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == sdseg-v3-unet ]]; then
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine \
+    --set stage=segunet --set name=segunet-tiny-phantom --set init="$RUNS/segunet-tiny-phantom" --out-dir "$RUNS/sdseg-segunet-v3" \
+    --max-steps ${SDSEG_V3_UNET_STEPS:-400} --time-budget $SDSEG_V3_SECONDS --batch-size 8 --lr 5e-4 --warmup-steps 20 --ema-decay 0.995
+  export_model "$RUNS/sdseg-segunet-v3" "$RUNS/segunet-v3-tiny-phantom" --raw-weights
+fi
+
 if [[ $what == eval-v2 ]]; then
   # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids.
   evaluate() { "$PY" -m training evaluate "$@"; }
