@@ -147,3 +147,26 @@ def test_the_mask_loss_adds_the_codec_reconstruction_of_the_decoded_one_step_est
     reconstruction = logs["mask_ce"] + logs["mask_dice_loss"]
     assert reconstruction > 0
     assert torch.isclose(weighted - plain, 0.5 * reconstruction, rtol=1e-5)
+
+
+def test_last_step_fraction_trains_that_share_of_a_batch_at_the_single_step_timestep():
+    """last_step_fraction f puts about f of the training draws at T-1 (where single-step inference starts) and
+    leaves the rest uniform; 0 keeps the paper's uniform draw exactly."""
+    seen = {}
+    for fraction in (0.0, 0.5):
+        recipe = build_recipe("sdseg", {"architecture": MICRO_SDSEG, "stage": "ldm", "last_step_fraction": fraction})
+        torch.manual_seed(0)
+        model = recipe.build_model().eval()
+        drawn = []
+        original = model.predict_noise
+        model.predict_noise = lambda z_t, t, condition: (drawn.append(t.clone()), original(z_t, t, condition))[1]
+        generator = torch.Generator().manual_seed(3)
+        batch = {"image": torch.rand(64, 1, 32, 32, generator=generator) * 2 - 1}
+        batch["mask"] = (batch["image"] > 0).float()
+        with torch.no_grad():
+            recipe.loss(model, batch, torch.Generator().manual_seed(4))
+        seen[fraction] = drawn[0]
+    last = recipe.schedule.num_steps - 1
+    assert (seen[0.0] == last).sum() <= 1
+    assert 20 <= (seen[0.5] == last).sum() <= 44
+    assert seen[0.5].min() >= 0 and seen[0.5].max() == last

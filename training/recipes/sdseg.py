@@ -3,6 +3,7 @@
 1. stage=autoencoder  KL autoencoder of {-1, 1} masks (L1 reconstruction + small KL): trains model.autoencoder
 2. stage=ldm          vision encoder (initialised from the AE encoder) + denoiser on z_t || z_c with the frozen AE;
                       loss L1(eps) + lambda * L1(z0_hat); latents scaled by 1/std of the first batch's latents
+                      (options beyond the paper: mask_loss_weight, last_step_fraction; see the defaults)
 stage=segunet trains the plain pixel-space UNet baseline (BCE + soft Dice) on the same slices.
 
 Multi-organ (config organs = BTCV label values): the autoencoder encodes K organ classes (config mask_encoding:
@@ -59,6 +60,10 @@ class SDSegRecipe(StagedRecipe):
         # decoder. 0 (default): the paper's latent losses only. The latent L1 weighs an organ by its latent pixels,
         # so an adrenal gland or the gallbladder hardly counts; in pixel space the soft Dice weighs every organ alike.
         "mask_loss_weight": 0.0,
+        # ldm stage: the fraction of each batch trained at the last timestep T-1, the one the single-step reverse
+        # process starts from (the rest stays uniform over 0..T-1, as in the paper). 0 (default): the paper's uniform
+        # draw, where about one draw in ten lands in the last tenth of the schedule that single-step inference uses.
+        "last_step_fraction": 0.0,
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
         # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
         # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
@@ -163,7 +168,11 @@ class SDSegRecipe(StagedRecipe):
         with torch.no_grad():
             z0 = model.encode_labels(target, sample=True, generator=generator)
         condition = model.encode_image(image)
-        t = self.schedule.sample_timesteps(z0.shape[0], generator).to(z0.device)
+        t = self.schedule.sample_timesteps(z0.shape[0], generator)
+        if self.config["last_step_fraction"]:
+            at_last = torch.rand(t.shape, generator=generator) < self.config["last_step_fraction"]
+            t = torch.where(at_last, torch.full_like(t, self.schedule.num_steps - 1), t)
+        t = t.to(z0.device)
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         z_t = self.schedule.add_noise(z0, noise, t)
         eps_hat = model.predict_noise(z_t, t, condition)
