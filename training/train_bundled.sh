@@ -2,7 +2,7 @@
 # Reproduces the bundled default models (Resources/Models) on this project's phantoms, on a CPU.
 #   bash training/train_bundled.sh [cdm|sdseg|data|all]          0.1.0: one fixed acquisition, from scratch
 #   bash training/train_bundled.sh [data-v2|cdm-v2|sdseg-v2]     0.2.0: randomized acquisitions (see below)
-#   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet]      0.3.0 of the union segmenter (see below)
+#   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|eval-v3]   0.3.0 of the union segmenter (see below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -144,6 +144,20 @@ if [[ $what == sdseg-v3 ]]; then
     --batch-size 8 --lr 2e-4 --warmup-steps 20 --ema-decay 0.995
   # Exported beside the runs; eval-v3 measures it against 0.2.0 before it replaces the bundled model.
   export_model "$RUNS/sdseg-ldm-v3" "$RUNS/sdseg-v3-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == eval-v3 ]]; then
+  # The union model's tables after sdseg-v3 (its export copied to Resources/Models/sdseg-tiny-phantom): both test
+  # sets against the UNet continued for the same wall time, and the grids. The two test sets can run side by side.
+  evaluate() { "$PY" -m training evaluate "$@"; }
+  [[ ${SET:-in} == in ]] && evaluate segmentation --data-root data/btcv_phantoms_v2 --model sdseg-tiny-phantom \
+    --baseline "$RUNS/segunet-v3-tiny-phantom" --out docs/evaluation/sdseg --update-card --core \
+    --command-note "Phantoms of randomized acquisitions (profile train)."
+  [[ ${SET:-in} == shifted ]] && evaluate segmentation --data-root data/btcv_phantoms_shifted --split all --core \
+    --model sdseg-tiny-phantom --baseline "$RUNS/segunet-v3-tiny-phantom" --out docs/evaluation/sdseg-shifted --update-card \
+    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  [[ ${SET:-in} == grids ]] && evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
+    --out docs/evaluation/spacing/sdseg
+  true
 fi
 if [[ $what == sdseg-v3-unet ]]; then
   train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine \
