@@ -133,7 +133,10 @@ fi
 # decoded-mask loss (mask_loss_weight: the codec's L1 on the decoded one-step estimate, as for the organ model; at
 # weight 10 it weighs like the latent terms: at the start L1 0.05 against l_eps 0.37 and l_z0 0.65), and half of
 # each batch at the last timestep, where the single-step reverse process starts (last_step_fraction);
-# sdseg-v3-unet continues the 0.2.0 SegUNet baseline for the same wall time (THREADS=1 each).
+# sdseg-v3-unet continues the 0.2.0 SegUNet baseline for the same wall time (THREADS=1 each). Both need the run
+# folders of sdseg-v2. The bundled 0.3.0 is the sdseg-v3 export copied into Resources/Models/sdseg-tiny-phantom, its
+# card keeping "default", the description and "inference" of 0.2.0 and given its lineage by hand before eval-v3 (which
+# writes the metrics; the bf16 guard as in docs/evaluation/README.md, "Precision").
 SDSEG_V3_SECONDS=${SDSEG_V3_SECONDS:-5100}
 if [[ $what == sdseg-v3 ]]; then
   common=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.3.0 --optimizer adamw
