@@ -170,3 +170,18 @@ def test_last_step_fraction_trains_that_share_of_a_batch_at_the_single_step_time
     assert (seen[0.0] == last).sum() <= 1
     assert 20 <= (seen[0.5] == last).sum() <= 44
     assert seen[0.5].min() >= 0 and seen[0.5].max() == last
+
+
+def test_the_m1_unet_continues_from_an_exported_unet(tmp_path, brats_root):
+    """stage=unet with init starts from that exported M1 UNet (how a baseline is trained on beside a CDM stage),
+    and without init from a fresh one."""
+    common = ["--set", f"data_root={brats_root}", "--set", f"cache_dir={tmp_path / 'cache'}",
+              "--set", f"architecture={json.dumps(MICRO_CDM)}"]
+    first = _train(tmp_path, "cdm", "unet", tmp_path / "unet", extra=common)
+    exported = load_file(str(first / "model.safetensors"))
+    config = {"stage": "unet", "architecture": MICRO_CDM}
+    continued = build_recipe("cdm", {**config, "init": str(first)}).build_model().state_dict()
+    assert all(torch.equal(continued[k], exported[k].to(continued[k].dtype)) for k in exported)
+    torch.manual_seed(1)
+    fresh = build_recipe("cdm", config).build_model().state_dict()
+    assert any(not torch.equal(fresh[k], exported[k].to(fresh[k].dtype)) for k in exported)

@@ -169,6 +169,25 @@ if [[ $what == sdseg-v3-unet ]]; then
   export_model "$RUNS/sdseg-segunet-v3" "$RUNS/segunet-v3-tiny-phantom" --raw-weights
 fi
 
+# CDM 0.3.0 (cdm-v3): the 0.2.0 model's MDN trained further (the C-UNet with the ground-truth representation was
+# 5 dB ahead of sampled ones in the 0.1.0 evaluation, so the representation the MDN draws is where quality is lost);
+# side by side, cdm-v3-unet continues the M1 UNet for the same wall time (THREADS=1 each).
+CDM_V3_SECONDS=${CDM_V3_SECONDS:-1200}
+cdm_v3_common=(--recipe cdm --set data_root=data/brats_phantoms_v2 --set cache_dir=cache/cdm-v2 --set mdn_source_condition=true
+               --optimizer adam --weight-decay 1e-5 --lr-schedule cosine)
+if [[ $what == cdm-v3 ]]; then
+  train "${cdm_v3_common[@]}" --set version=0.3.0 --set stage=mdn --set init=Resources/Models/cdm-tiny-phantom \
+    --out-dir "$RUNS/cdm-mdn-v3" --max-steps ${CDM_MDN_V3_STEPS:-350} --time-budget $CDM_V3_SECONDS --batch-size 64 --lr 3e-4 \
+    --warmup-steps 20
+  export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-v3-tiny-phantom" --dtype float16
+fi
+if [[ $what == cdm-v3-unet ]]; then
+  train "${cdm_v3_common[@]}" --set stage=unet --set name=cunet-m1-tiny-phantom --set init="$RUNS/cunet-m1-tiny-phantom" \
+    --out-dir "$RUNS/cdm-unet-v3" --max-steps ${CDM_UNET_V3_STEPS:-300} --time-budget $CDM_V3_SECONDS --batch-size 12 --lr 5e-4 \
+    --warmup-steps 20 --ema-decay 0.995
+  export_model "$RUNS/cdm-unet-v3" "$RUNS/cunet-m1-v3-tiny-phantom" --raw-weights
+fi
+
 if [[ $what == eval-v2 ]]; then
   # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids.
   evaluate() { "$PY" -m training evaluate "$@"; }

@@ -70,7 +70,8 @@ class CDMRecipe(StagedRecipe):
         if self.stage == "unet":
             config = {"image_size": self.architecture["image_size"],
                       "cunet": {**self.architecture["cunet"], "conditioned": False}}
-            return build_model("cunet", config)
+            # init: an exported M1 UNet to train further (e.g. beside a CDM stage, for the same wall time)
+            return load_stage(build_model("cunet", config), self.config["init"])
         return load_stage(build_model("cdm", self.architecture), self.config["init"], new_prefixes=(f"{self.stage}.",))
 
     def trainable_parameters(self, model):
