@@ -2,7 +2,7 @@
 # Reproduces the bundled default models (Resources/Models) on this project's phantoms, on a CPU.
 #   bash training/train_bundled.sh [cdm|sdseg|data|all]          0.1.0: one fixed acquisition, from scratch
 #   bash training/train_bundled.sh [data-v2|cdm-v2|sdseg-v2]     0.2.0: randomized acquisitions (see below)
-#   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|eval-v3]   0.3.0 of the union segmenter (see below)
+#   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|cdm-v3|cdm-v3-unet|eval-v3]   0.3.0 (see below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -160,6 +160,15 @@ if [[ $what == eval-v3 ]]; then
     --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
   [[ ${SET:-in} == grids ]] && evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
     --out docs/evaluation/spacing/sdseg
+  # CDM after cdm-v3 (its export copied to Resources/Models/cdm-tiny-phantom), against the M1 UNet continued as long.
+  [[ ${SET:-in} == cdm-in ]] && evaluate translation --data-root data/brats_phantoms_v2 --model cdm-tiny-phantom \
+    --baseline "$RUNS/cunet-m1-v3-tiny-phantom" --out docs/evaluation/cdm --update-card --core \
+    --command-note "Phantoms of randomized acquisitions (profile train)."
+  [[ ${SET:-in} == cdm-shifted ]] && evaluate translation --data-root data/brats_phantoms_shifted --split all --core \
+    --model cdm-tiny-phantom --baseline "$RUNS/cunet-m1-v3-tiny-phantom" --out docs/evaluation/cdm-shifted --update-card \
+    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  [[ ${SET:-in} == cdm-grids ]] && evaluate spacing --data-root Resources/SampleData --model cdm-tiny-phantom \
+    --out docs/evaluation/spacing/cdm
   true
 fi
 if [[ $what == sdseg-v3-unet ]]; then
