@@ -145,31 +145,8 @@ if [[ $what == sdseg-v3 ]]; then
   train "${common[@]}" --set stage=ldm --set init="$RUNS/sdseg-ldm-v2/model" --set finetune=true --set mask_loss_weight=10.0 \
     --set last_step_fraction=0.5 --out-dir "$RUNS/sdseg-ldm-v3" --max-steps ${SDSEG_V3_STEPS:-550} --time-budget $SDSEG_V3_SECONDS \
     --batch-size 8 --lr 2e-4 --warmup-steps 20 --ema-decay 0.995
-  # Exported beside the runs; eval-v3 measures it against 0.2.0 before it replaces the bundled model.
+  # Exported beside the runs; copied into Resources/Models once its evaluation beat 0.2.0's (see below).
   export_model "$RUNS/sdseg-ldm-v3" "$RUNS/sdseg-v3-tiny-phantom" --raw-weights --dtype float16 --inference-only
-fi
-if [[ $what == eval-v3 ]]; then
-  # The union model's tables after sdseg-v3 (its export copied to Resources/Models/sdseg-tiny-phantom): both test
-  # sets against the UNet continued for the same wall time, and the grids. The two test sets can run side by side.
-  evaluate() { "$PY" -m training evaluate "$@"; }
-  [[ ${SET:-in} == in ]] && evaluate segmentation --data-root data/btcv_phantoms_v2 --model sdseg-tiny-phantom \
-    --baseline "$RUNS/segunet-v3-tiny-phantom" --out docs/evaluation/sdseg --update-card --core \
-    --command-note "Phantoms of randomized acquisitions (profile train)."
-  [[ ${SET:-in} == shifted ]] && evaluate segmentation --data-root data/btcv_phantoms_shifted --split all --core \
-    --model sdseg-tiny-phantom --baseline "$RUNS/segunet-v3-tiny-phantom" --out docs/evaluation/sdseg-shifted --update-card \
-    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
-  [[ ${SET:-in} == grids ]] && evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
-    --out docs/evaluation/spacing/sdseg
-  # CDM after cdm-v3 (its export copied to Resources/Models/cdm-tiny-phantom), against the M1 UNet continued as long.
-  [[ ${SET:-in} == cdm-in ]] && evaluate translation --data-root data/brats_phantoms_v2 --model cdm-tiny-phantom \
-    --baseline "$RUNS/cunet-m1-v3-tiny-phantom" --out docs/evaluation/cdm --update-card --core \
-    --command-note "Phantoms of randomized acquisitions (profile train)."
-  [[ ${SET:-in} == cdm-shifted ]] && evaluate translation --data-root data/brats_phantoms_shifted --split all --core \
-    --model cdm-tiny-phantom --baseline "$RUNS/cunet-m1-v3-tiny-phantom" --out docs/evaluation/cdm-shifted --update-card \
-    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
-  [[ ${SET:-in} == cdm-grids ]] && evaluate spacing --data-root Resources/SampleData --model cdm-tiny-phantom \
-    --out docs/evaluation/spacing/cdm
-  true
 fi
 if [[ $what == sdseg-v3-unet ]]; then
   train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine \
@@ -188,6 +165,7 @@ if [[ $what == cdm-v3 ]]; then
   train "${cdm_v3_common[@]}" --set version=0.3.0 --set stage=mdn --set init=Resources/Models/cdm-tiny-phantom \
     --out-dir "$RUNS/cdm-mdn-v3" --max-steps ${CDM_MDN_V3_STEPS:-350} --time-budget $CDM_V3_SECONDS --batch-size 64 --lr 3e-4 \
     --warmup-steps 20
+  # Evaluated from this folder first, then copied into Resources/Models/cdm-tiny-phantom the same way as sdseg-v3.
   export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-v3-tiny-phantom" --dtype float16
 fi
 if [[ $what == cdm-v3-unet ]]; then
@@ -197,21 +175,39 @@ if [[ $what == cdm-v3-unet ]]; then
   export_model "$RUNS/cdm-unet-v3" "$RUNS/cunet-m1-v3-tiny-phantom" --raw-weights
 fi
 
-if [[ $what == eval-v2 ]]; then
-  # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids.
+if [[ $what == eval-v2 || $what == eval-v3 ]]; then
+  # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids,
+  # for the bundled CDM and union SDSeg against their UNet baselines: those of 0.2.0 (eval-v2) or those continued
+  # beside the 0.3.0 training (eval-v3, after each 0.3.0 export was copied to Resources/Models). SET=<part> runs one
+  # part (sdseg-in, sdseg-shifted, sdseg-grids, cdm-in, cdm-shifted, cdm-grids), e.g. two side by side.
+  segunet=$RUNS/segunet-tiny-phantom; m1=$RUNS/cunet-m1-tiny-phantom
+  [[ $what == eval-v3 ]] && { segunet=$RUNS/segunet-v3-tiny-phantom; m1=$RUNS/cunet-m1-v3-tiny-phantom; }
+  part() { [[ -z ${SET:-} || $SET == "$1" ]]; }
   evaluate() { "$PY" -m training evaluate "$@"; }
-  evaluate segmentation --data-root data/btcv_phantoms_v2 --model sdseg-tiny-phantom --baseline "$RUNS/segunet-tiny-phantom" \
-    --out docs/evaluation/sdseg --update-card --core --command-note "Phantoms of randomized acquisitions (profile train)."
-  evaluate segmentation --data-root data/btcv_phantoms_shifted --split all --core --model sdseg-tiny-phantom \
-    --baseline "$RUNS/segunet-tiny-phantom" --out docs/evaluation/sdseg-shifted --update-card --card-key shifted \
-    --command-note "Held-out acquisitions (profile shifted), other subjects."
-  evaluate translation --data-root data/brats_phantoms_v2 --model cdm-tiny-phantom --baseline "$RUNS/cunet-m1-tiny-phantom" \
-    --out docs/evaluation/cdm --update-card --core --command-note "Phantoms of randomized acquisitions (profile train)."
-  evaluate translation --data-root data/brats_phantoms_shifted --split all --core --model cdm-tiny-phantom \
-    --baseline "$RUNS/cunet-m1-tiny-phantom" --out docs/evaluation/cdm-shifted --update-card --card-key shifted \
-    --command-note "Held-out acquisitions (profile shifted), other subjects."
-  evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom --out docs/evaluation/spacing/sdseg
-  evaluate spacing --data-root Resources/SampleData --model cdm-tiny-phantom --out docs/evaluation/spacing/cdm
+  in_note="Phantoms of randomized acquisitions (profile train)."
+  shifted_note="Held-out acquisitions (profile shifted), other subjects."
+  if part sdseg-in; then
+    evaluate segmentation --data-root data/btcv_phantoms_v2 --model sdseg-tiny-phantom --baseline "$segunet" \
+      --out docs/evaluation/sdseg --update-card --core --command-note "$in_note"
+  fi
+  if part sdseg-shifted; then
+    evaluate segmentation --data-root data/btcv_phantoms_shifted --split all --core --model sdseg-tiny-phantom \
+      --baseline "$segunet" --out docs/evaluation/sdseg-shifted --update-card --card-key shifted --command-note "$shifted_note"
+  fi
+  if part cdm-in; then
+    evaluate translation --data-root data/brats_phantoms_v2 --model cdm-tiny-phantom --baseline "$m1" \
+      --out docs/evaluation/cdm --update-card --core --command-note "$in_note"
+  fi
+  if part cdm-shifted; then
+    evaluate translation --data-root data/brats_phantoms_shifted --split all --core --model cdm-tiny-phantom \
+      --baseline "$m1" --out docs/evaluation/cdm-shifted --update-card --card-key shifted --command-note "$shifted_note"
+  fi
+  if part sdseg-grids; then
+    evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom --out docs/evaluation/spacing/sdseg
+  fi
+  if part cdm-grids; then
+    evaluate spacing --data-root Resources/SampleData --model cdm-tiny-phantom --out docs/evaluation/spacing/cdm
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from MedDiffusionExtension.diffusion import x0_and_eps_from_output
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.models import SDSEG_CONFIGS, SEGUNET_CONFIGS, build_model
 from MedDiffusionExtension.models.mask_codecs import soft_dice_loss
 from MedDiffusionExtension.weights.organs import organ_segments
@@ -82,6 +83,8 @@ class SDSegRecipe(StagedRecipe):
 
     def __init__(self, config=None, name=None, check_keys=True):
         super().__init__(config, name, check_keys)
+        if not 0.0 <= self.config["last_step_fraction"] <= 1.0:
+            raise InputError(f"last_step_fraction must be between 0 and 1, got {self.config['last_step_fraction']!r}")
         organs = self.config["organs"]
         if organs is not None:
             if not organs or len(set(organs)) != len(organs) or not all(isinstance(o, int) and 0 < o < 256 for o in organs):
