@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "each voxel its most probable organ)")
     segment.add_argument("--organs", help="organs to keep, comma-separated keys, names or label numbers "
                                           "(e.g. liver,spleen; default: all the model's; see `meddiffusion models show`)")
+    segment.add_argument("--outside-body", action="store_true",
+                         help="also label voxels outside the patient's body; by default everything outside the largest "
+                              "connected region above -500 HU (an arm or the table beside the trunk) is background")
     _add_run_options(segment, "segmentation")
 
     models = commands.add_parser("models", help="list or describe installed models")

@@ -89,6 +89,7 @@ class MedDiffusionWebApp(TrameApp):
             t1_id=None, t2_id=None, tr_target="t1c", tr_targets=[], tr_model="", tr_models=[], tr_card="",
             tr_steps=0, tr_samples=1, tr_seed=0, tr_button="Synthesize T1c", tr_status="",
             ct_id=None, sg_model="", sg_models=[], sg_card="", sg_steps=1, sg_samples=1, sg_threshold=0.5,
+            sg_body_only=True,
             sg_status="", panel=TRANSLATION,
             bg_id=None, fg_id=None, fg_opacity=0.4, wl=[0.0, 1.0], wl_min=0.0, wl_max=1.0, wl_step=1.0, wl_preset=None,
             wl_presets=[{"value": "auto", "title": "Auto"}] + [{"value": key, "title": label}
@@ -302,7 +303,7 @@ class MedDiffusionWebApp(TrameApp):
                     raise ValueError("Threshold must be between 0 and 1")
                 settings = dict(steps=self._whole(state.sg_steps, "Steps", 1),
                                 samples=self._whole(state.sg_samples, "Samples", 1),
-                                threshold=threshold)
+                                threshold=threshold, bodyOnly=bool(state.sg_body_only))
                 self._start(SEGMENTATION, lambda logic: logic.process(
                     self._node(state.ct_id), modelName=state.sg_model, device=self.device, wait=False,
                     onProgress=self._on_progress, onFinished=lambda result: self._on_finished(SEGMENTATION, result),
@@ -607,6 +608,8 @@ class MedDiffusionWebApp(TrameApp):
                 v3.VTextField(label="Samples", v_model=("sg_samples",), type="number", id="sg-samples", **common)
                 v3.VTextField(label="Threshold", v_model=("sg_threshold",), type="number", step="0.05",
                               id="sg-threshold", **common)
+            v3.VCheckbox(label="Only inside the body", v_model=("sg_body_only",), id="sg-body-only",
+                         title="An arm or the table beside the trunk stays background", **common)
             v3.VBtn("Segment", v_if="running !== 'segmentation'", click=self.segment, color="primary", block=True,
                     id="segment")
             v3.VBtn("Cancel", v_if="running === 'segmentation'", click=self.cancel, color="error", block=True,

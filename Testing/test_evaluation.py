@@ -61,11 +61,13 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     write_btcv_dataset(data, 1, seed=0, shape=(64, 64, 8))
     out = tmp_path / "eval"
     assert training_main(["evaluate", "segmentation", "--data-root", str(data), "--split", "all", "--model",
-                          "sdseg-micro-test", "--out", str(out), "--samples", "2", "--device", "cpu", "--update-card"]) == 0
+                          "sdseg-micro-test", "--out", str(out), "--samples", "2", "--device", "cpu", "--update-card",
+                          "--outside-body-row"]) == 0
     report = (out / "README.md").read_text(encoding="utf-8")
     assert "Table 4 analogue" in report and "Table 5 analogue" in report
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [row[0] for row in results["rows"]][:2] == ["SDSeg single step", "SDSeg 10-step DDIM"]
+    assert results["rows"][-1][0] == "SDSeg single step, labels outside the body kept (`--outside-body`)"
     assert results["ddim10_over_single_step"] > 0  # a timing: reported, never asserted against another timing
     card = json.loads((models / "sdseg-micro-test" / "card.json").read_text(encoding="utf-8"))
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1

@@ -3,7 +3,8 @@
 SDSeg, per slice: encode the windowed CT to the condition latent z_c; start from pure noise z_T at t = T-1 (fresh,
 seeded noise for every slice); one denoiser pass predicts eps; the x0 formula gives the mask latent; decode to a
 probability (or K + 1 class probabilities for a multi-organ model). Steps N > 1 runs DDIM instead; K samples
-average K probability maps (an ensemble).
+average K probability maps (an ensemble). With body_only (the default), labels and probabilities outside the
+patient's body (volume/body.py: an arm or the table beside the trunk) are set to background.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from ..device import resolve_device
 from ..errors import InputError
 from ..volume import Volume, validate_volume
+from ..volume.body import body_mask
 from ..volume.engine import BatchReduction, EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler, model_grid
@@ -38,14 +40,15 @@ class SegmentationResult:
 
 def segment(
     *, image: Volume, loaded: LoadedModel, steps: int | None = None, samples: int = 1, threshold: float = 0.5,
-    options: RunOptions | None = None, organs: Optional[Sequence[int]] = None,
+    options: RunOptions | None = None, organs: Optional[Sequence[int]] = None, body_only: bool = True,
 ) -> SegmentationResult:
     """Label `image` with the card's segments; the task layer (tasks.SegmentRequest) has checked the request.
 
     A binary model (one segment) thresholds its foreground probability. A multi-organ model gives each voxel the
     most probable class (arg-max of the blended class probabilities on the input grid). `organs`: the label values
     to keep (None: all); the others are set to background after the arg-max, never re-normalised away, so that a
-    stomach voxel does not become liver because the stomach was not asked for.
+    stomach voxel does not become liver because the stomach was not asked for. `body_only`: background outside the
+    largest connected body region (no organ on an arm or the table); off: wherever the model says.
     """
     options = options or RunOptions()
     card = loaded.card
@@ -60,8 +63,11 @@ def segment(
     scaling = fit_scaling(card.normalization, image, grid)
     model = build_slice_model(network, card, steps=steps, samples=samples)
     engine_input = [EngineInput(image, "CT", scaling)]
+    outside = _outside_body(image) if body_only else None
     if classes == 1:
         probability = run_slicewise(engine_input, model, 1, grid, options)[0]
+        if outside is not None:
+            probability[outside] = 0.0
         labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
         probabilities = {card.segments[0].name: image.with_array(probability)} if samples > 1 else {}
         return SegmentationResult(image.with_array(labels), probabilities)
@@ -76,9 +82,19 @@ def segment(
     for index in kept_classes:
         class_to_label[index] = card.segments[index - 1].label
     labels = class_to_label[reduced[0].astype(np.intp)]
+    if outside is not None:
+        labels[outside] = 0
+        for kept_probability in reduced[1:]:
+            kept_probability[outside] = 0.0
     probabilities = {card.segments[index - 1].name: image.with_array(reduced[1 + n])
                      for n, index in enumerate(kept_classes)} if with_probabilities else {}
     return SegmentationResult(image.with_array(labels), probabilities)
+
+
+def _outside_body(image: Volume) -> Optional[np.ndarray]:
+    """True outside the patient's body; None when the CT shows no body at all (then nothing is masked)."""
+    inside = body_mask(image)
+    return None if inside is None else ~inside
 
 
 def _argmax_and_kept(probabilities: np.ndarray, kept_classes: list[int], with_probabilities: bool) -> np.ndarray:

@@ -49,6 +49,7 @@ class SegmentRequest(Request):
 
     threshold: float = 0.5  # foreground probability above which a voxel is labelled (one-segment models)
     organs: tuple[Organ, ...] = ()  # segments to keep, by key, name or label value; (): all of the card's
+    body_only: bool = True  # background outside the patient's body (an arm, the table); False: wherever the model says
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
@@ -57,6 +58,8 @@ class SegmentRequest(Request):
             (isinstance(o, str) and o.strip()) or (isinstance(o, int) and not isinstance(o, bool)) for o in self.organs)
         if not valid:
             raise InputError(f"organs must be a list of organ keys, names or label numbers such as liver, got {self.organs!r}")
+        if not isinstance(self.body_only, bool):
+            raise InputError(f"body_only must be true or false, got {self.body_only!r}")
         object.__setattr__(self, "organs", tuple(dict.fromkeys(self.organs)))  # an organ named twice is kept once
 
     # -- the organs -------------------------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ class SegmentRequest(Request):
         card = loaded.card
         result = segment_volume(image=inputs[self.input_names(card)[0]], loaded=loaded, steps=self.settings.steps,
                          samples=self.samples(card), threshold=float(self.threshold), options=options,
-                         organs=self.organ_labels(card))
+                         organs=self.organ_labels(card), body_only=self.body_only)
         outputs = {"labels": result.labels}
         for name, organ in self.probability_names(card).items():
             outputs[name] = result.probabilities[organ.name]

@@ -81,6 +81,7 @@ class MedDiffusionSegmentationParameterNode:
     precision - "auto" (bf16 on GPUs that have it, fp16 on older GPUs; on CPUs bf16 only with native bf16 units and
       a card that allows it, else fp32), "fp32", "bf16" or "fp16".
     excludedOrgans - comma-separated keys of the organs left out (unchecked); "": every organ of the model.
+    bodyOnly - organs only inside the patient's body (an arm or the table beside the trunk stays background).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -93,6 +94,7 @@ class MedDiffusionSegmentationParameterNode:
     batchSize: Annotated[int, WithinRange(0, 256)] = 0
     precision: str = "auto"
     excludedOrgans: str = ""
+    bodyOnly: bool = True
 
 
 #
@@ -198,7 +200,7 @@ class MedDiffusionSegmentationWidget(RunWidgetMixin, ScriptedLoadableModuleWidge
         self.runOrCancel(_("Failed to start the segmentation."), lambda: self.logic.process(
             node.inputVolume, modelName=node.modelName, steps=node.steps, samples=node.samples,
             threshold=node.threshold, seed=node.seed, device=node.device, batchSize=node.batchSize, precision=node.precision,
-            organs=self.keptOrgans(), wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
+            organs=self.keptOrgans(), bodyOnly=node.bodyOnly, wait=False, onProgress=self.onProgress, onFinished=self.onFinished))
 
 
 #
@@ -244,8 +246,9 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
 
     def process(self, inputVolume, modelName: str = "", steps: int = 1, samples: int = 1, threshold: float = 0.5,
                 seed: int = 0, device: str = "auto", batchSize: int = 0, precision: str = "auto", organs=None,
-                wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
-        """Segment `inputVolume` (CT in HU); `organs`: the organs to keep (keys, names or label values; None: all).
+                bodyOnly: bool = True, wait: bool = True, onProgress=None, onFinished=None, show: bool = True):
+        """Segment `inputVolume` (CT in HU); `organs`: the organs to keep (keys, names or label values; None: all);
+        `bodyOnly`: background outside the patient's body (an arm or the table beside the trunk).
 
         wait=True returns {"segmentation": node} plus, with samples > 1, the probability volumes: "probability"
         for a one-segment model, "probability_<organ key>" per kept organ of a multi-organ model. It raises
@@ -255,7 +258,7 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
         """
         request = catalog.tasks().SegmentRequest(
             model=modelName, method="sdseg", threshold=float(threshold),
-            organs=tuple(organs) if isinstance(organs, (list, tuple)) else organs or (),
+            organs=tuple(organs) if isinstance(organs, (list, tuple)) else organs or (), body_only=bool(bodyOnly),
             settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
         card = request.card()
         inputs = scene.checkInputs({"image": inputVolume}, request.input_names(card), catalog.targetLabel)

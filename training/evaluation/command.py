@@ -26,6 +26,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=5, help="samples for uncertainty / ensemble / stability")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--outside-body-row", action="store_true",
+                        help="segmentation: add a single-step row that keeps labels outside the body (`--outside-body`)")
     parser.add_argument("--update-card", action="store_true", help="write the measured metrics into the model's card.json")
     parser.add_argument("--card-key", default="",
                         help="with --update-card: keep the card's metrics and store these under this key (e.g. shifted)")

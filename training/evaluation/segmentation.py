@@ -20,6 +20,7 @@ from .figures import segmentation_figure
 from .organs import evaluate_organs
 
 STABILITY_SEEDS = (0, 1, 2, 3, 4)
+OUTSIDE_BODY_ROW = "SDSeg single step, labels outside the body kept (`--outside-body`)"
 
 
 def evaluate_segmentation(args: argparse.Namespace) -> dict:
@@ -30,12 +31,15 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
     model = load_model(args.model, task="segmentation")
     if len(model.card.segments) > 1:
         return evaluate_organs(args, cases, model)
-    variants = [("SDSeg single step", model, 1, 1)]
+    # (row, model, steps, samples, task options); every row but the last named keeps labels inside the body only.
+    variants = [("SDSeg single step", model, 1, 1, {})]
     if not args.core:
-        variants += [("SDSeg 10-step DDIM", model, 10, 1),
-                     (f"SDSeg single step, {args.samples}-sample ensemble", model, 1, args.samples)]
+        variants += [("SDSeg 10-step DDIM", model, 10, 1, {}),
+                     (f"SDSeg single step, {args.samples}-sample ensemble", model, 1, args.samples, {})]
     if args.baseline:
-        variants.append(("UNet (non-diffusion baseline)", load_model(args.baseline, task="segmentation"), None, 1))
+        variants.append(("UNet (non-diffusion baseline)", load_model(args.baseline, task="segmentation"), None, 1, {}))
+    if getattr(args, "outside_body_row", False):
+        variants.append((OUTSIDE_BODY_ROW, model, 1, 1, {"body_only": False}))
     scores = {name: [] for name, *_ in variants}
     seconds_per_slice = {name: [] for name, *_ in variants}
     stability = {"pairwise_dice": [], "dice_std": []}
@@ -43,9 +47,9 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
         image = read_volume(case.paths["image"])
         reference = read_volume(case.paths["label"]).array > 0
         spacing = image.spacing[::-1]  # metrics take (k, j, i) spacing like the arrays
-        for name, loaded, steps, samples in variants:
+        for name, loaded, steps, samples, task_options in variants:
             seconds, result = timed(run_model, loaded, {"image": image}, device=args.device, batch_size=args.batch_size,
-                                    steps=steps, samples=samples)
+                                    steps=steps, samples=samples, **task_options)
             prediction = result["labels"].array > 0
             scores[name].append(metrics.segmentation_metrics(prediction, reference, spacing))
             seconds_per_slice[name].append(seconds / image.shape[0])
@@ -88,7 +92,8 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         f"Made with: `{getattr(args, 'command_line', '')}`", "",
         "Target: union of all labelled organs (the paper's BTCV setting). Dice, IoU and HD95 (mm, with the CT's "
         "voxel spacing) per 3D volume at the original resolution, then mean ± std over volumes. Empty-mask "
-        "convention: both empty → Dice 1, HD95 0; one empty → Dice 0, HD95 ∞ (excluded from the HD95 mean, counted).", "",
+        "convention: both empty → Dice 1, HD95 0; one empty → Dice 0, HD95 ∞ (excluded from the HD95 mean, counted). "
+        "Every row keeps labels inside the patient's body only (the default), unless it says otherwise.", "",
         "## Table 4 analogue: sampling strategies and the non-diffusion baseline", "",
         markdown_table(["Method", "Dice", "IoU", "HD95 (mm)", "s / slice"], rows), "",
     ]
