@@ -48,3 +48,27 @@ def test_an_organ_the_autoencoder_loses_scores_zero_and_the_others_stay_exact():
     assert intersection[2] == 0 and predicted[2] == 0 and reference[2] > 0
     assert intersection[1] == reference[1] == predicted[1]
     assert predicted[0] == reference[0] + reference[2]
+
+
+class StandInBinaryAutoencoder:
+    """A union model's stand-in: the decoded foreground probability is the mask times `level`."""
+
+    codec = MaskCodec.from_config(None)
+
+    def __init__(self, level: float):
+        self.level = level
+
+    def encode_labels(self, labels, sample=True):
+        return labels.float()
+
+    def decode_probabilities(self, z):
+        return z * self.level
+
+
+def test_a_binary_model_counts_the_union_mask_thresholded_at_one_half():
+    masks = [{"mask": (batch["classes"] > 0).float()} for batch in _batches()]
+    foreground = int(sum(batch["mask"].sum() for batch in masks))
+    intersection, predicted, reference, present = round_trip_counts(StandInBinaryAutoencoder(0.5), masks)
+    assert reference[1] == predicted[1] == intersection[1] == foreground and present.tolist() == [3, 3]
+    intersection, predicted, _, _ = round_trip_counts(StandInBinaryAutoencoder(0.49), masks)
+    assert intersection[1] == predicted[1] == 0 and predicted[0] == 3 * 16 * 16

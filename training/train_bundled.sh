@@ -184,20 +184,27 @@ fi
 # frozen, so the MDN's targets do not move. Both exports are evaluated from runs/ first and copied into
 # Resources/Models as 0.3.0 was (see above), then `eval-v4`.
 SDSEG_V4_SECONDS=${SDSEG_V4_SECONDS:-5400}
+SDSEG_V4_MORE_SECONDS=${SDSEG_V4_MORE_SECONDS:-3000}
 CDM_V4_CUNET_SECONDS=${CDM_V4_CUNET_SECONDS:-2100}
 CDM_V4_MDN_SECONDS=${CDM_V4_MDN_SECONDS:-900}
 if [[ $what == sdseg-v4 ]]; then
   [[ -f $RUNS/sdseg-ldm-v3/model/model.safetensors ]] || export_model "$RUNS/sdseg-ldm-v3" "$RUNS/sdseg-ldm-v3/model"
-  train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.4.0 --optimizer adamw \
-    --lr-schedule cosine --set stage=ldm --set init="$RUNS/sdseg-ldm-v3/model" --set finetune=true --set mask_loss_weight=10.0 \
-    --set last_step_fraction=0.5 --out-dir "$RUNS/sdseg-ldm-v4" --max-steps ${SDSEG_V4_STEPS:-650} --time-budget $SDSEG_V4_SECONDS \
-    --batch-size 8 --lr 1.5e-4 --warmup-steps 20 --ema-decay 0.995
+  sdseg_v4=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.4.0 --optimizer adamw
+    --lr-schedule cosine --set stage=ldm --set init="$RUNS/sdseg-ldm-v3/model" --set finetune=true --set mask_loss_weight=10.0
+    --set last_step_fraction=0.5 --out-dir "$RUNS/sdseg-ldm-v4" --max-steps ${SDSEG_V4_STEPS:-650} --batch-size 8 --lr 1.5e-4
+    --warmup-steps 20 --ema-decay 0.995)
+  run_stage ldm && train "${sdseg_v4[@]}" --time-budget $SDSEG_V4_SECONDS
+  # The first run stopped at its time budget (step 410 of 650, lr 4.8e-5, three other trainings sharing the CPU);
+  # `more` resumes it on the same cosine schedule up to max-steps (FROM=more runs only that part).
+  run_stage more && train "${sdseg_v4[@]}" --resume auto --time-budget $SDSEG_V4_MORE_SECONDS
   export_model "$RUNS/sdseg-ldm-v4" "$RUNS/sdseg-v4-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 if [[ $what == sdseg-v4-unet ]]; then
-  train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine \
-    --set stage=segunet --set name=segunet-tiny-phantom --set init="$RUNS/segunet-v3-tiny-phantom" --out-dir "$RUNS/sdseg-segunet-v4" \
-    --max-steps ${SDSEG_V4_UNET_STEPS:-480} --time-budget $SDSEG_V4_SECONDS --batch-size 8 --lr 4e-4 --warmup-steps 20 --ema-decay 0.995
+  segunet_v4=(--recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine
+    --set stage=segunet --set name=segunet-tiny-phantom --set init="$RUNS/segunet-v3-tiny-phantom" --out-dir "$RUNS/sdseg-segunet-v4"
+    --max-steps ${SDSEG_V4_UNET_STEPS:-480} --batch-size 8 --lr 4e-4 --warmup-steps 20 --ema-decay 0.995)
+  run_stage ldm && train "${segunet_v4[@]}" --time-budget $SDSEG_V4_SECONDS
+  run_stage more && train "${segunet_v4[@]}" --resume auto --time-budget $SDSEG_V4_MORE_SECONDS
   export_model "$RUNS/sdseg-segunet-v4" "$RUNS/segunet-v4-tiny-phantom" --raw-weights
 fi
 if [[ $what == cdm-v4 ]]; then

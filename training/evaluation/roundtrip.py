@@ -1,10 +1,11 @@
-"""Mask autoencoder round trip: how well a multi-organ SDSeg model's first stage carries each organ.
+"""Mask autoencoder round trip: how well an SDSeg model's first stage carries each organ (or the binary union).
 
 A latent diffusion segmenter cannot do better than its autoencoder reconstructs, so this is the first number to
 look at before training the latent stage. Every test slice's reference label map goes through the model's mask
 encoder (posterior mode) and decoder, and the arg-max is compared with the reference on the model grid (the cached
 training slices, no augmentation). Per organ: Dice over all voxels of the split pooled (an organ present on few
-slices is not averaged with empty slices), and the number of slices it appears on.
+slices is not averaged with empty slices), and the number of slices it appears on. A binary (union) model's decoded
+foreground probability is thresholded at 0.5, as the pipeline does.
 
     python -m training roundtrip --model runs/sdseg-organs-onehot-ae/model --data-root data/btcv_phantoms_v2 \
         --cache-dir cache/sdseg-v2 --out docs/evaluation/sdseg-organs/roundtrip-onehot.json
@@ -36,8 +37,9 @@ def round_trip_counts(model, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray
     intersection, predicted, reference, present = (np.zeros(classes, np.int64) for _ in range(4))
     with torch.no_grad():
         for batch in loader:
-            target = batch["classes"]
-            decoded = model.decode_probabilities(model.encode_labels(target, sample=False)).argmax(dim=1)
+            target = batch["classes"] if "classes" in batch else batch["mask"].long()
+            probabilities = model.decode_probabilities(model.encode_labels(target, sample=False))
+            decoded = probabilities.argmax(dim=1) if probabilities.shape[1] > 1 else (probabilities[:, 0] >= 0.5).long()
             target = target[:, 0]
             for c in range(classes):
                 hit, ref = decoded == c, target == c
@@ -52,16 +54,15 @@ def round_trip(model_dir: str, data_root: Path, cache_dir: Path, split: str = "t
     loaded = load_model(model_dir)
     card = loaded.card
     encoding = (card.architecture.get("mask_encoding") or {}).get("kind", "binary")
-    if card.method != "sdseg" or encoding == "binary":
-        raise InputError(f"{card.name!r} is not a multi-organ SDSeg model: the round trip needs a mask encoding with "
-                         "organ classes (architecture.mask_encoding)")
+    if card.method != "sdseg":
+        raise InputError(f"{card.name!r} is not an SDSeg model (method {card.method!r}): only SDSeg has a mask autoencoder")
     model = build_model("sdseg", card.architecture)
     missing, _ = model.load_state_dict(loaded.tensors, strict=False)
     if any(key.startswith("autoencoder.encoder.") for key in missing):
         raise InputError(f"{model_dir} has no mask encoder (an inference-only export); use the training export")
     model.eval()
     train, test = btcv_split(read_btcv(Path(data_root)))
-    organs = [segment.label for segment in card.segments]
+    organs = None if encoding == "binary" else [segment.label for segment in card.segments]
     slices = SegmentationSlices({"test": test, "train": train, "all": train + test}[split], model_grid(card),
                                 Path(cache_dir), tuple(card.normalization.window), classes=organs)
     loader = torch.utils.data.DataLoader(slices, batch_size=batch_size, shuffle=False)
@@ -77,7 +78,7 @@ def round_trip(model_dir: str, data_root: Path, cache_dir: Path, split: str = "t
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="folder of a multi-organ SDSeg export that keeps its mask encoder")
+    parser.add_argument("--model", required=True, help="folder of an SDSeg export that keeps its mask encoder")
     parser.add_argument("--data-root", required=True, type=Path, help="BTCV-layout dataset")
     parser.add_argument("--cache-dir", required=True, type=Path, help="the slice cache the model was trained from")
     parser.add_argument("--split", default="test", choices=["test", "train", "all"])
@@ -96,5 +97,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("per-organ Dice of a multi-organ SDSeg model's mask autoencoder round trip",
+COMMAND = Command("per-organ (or union) Dice of an SDSeg model's mask autoencoder round trip",
                   _add_arguments, _run)
