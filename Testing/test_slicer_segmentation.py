@@ -55,6 +55,21 @@ def test_ddim_run_with_one_sample_gives_a_segmentation_only(module, scene, tiny_
     assert mask.shape == slicer.util.arrayFromVolume(ct).shape
 
 
+def test_a_ct_not_in_hounsfield_units_is_segmented_with_the_warning_kept(module, scene, tiny_models, sample_data):  # noqa: F811
+    """Stored CT numbers (HU + 1024): the run goes ahead and the warning is kept in the outputs' settings (the
+    panel shows the same runner warnings under the result as a Note, test_slicer_widgets)."""
+    import json
+
+    import slicer
+    from MedDiffusionLib import sampledata, scene as outputs_scene
+
+    ct = sampledata.loadSampleCase("ct", ("image",), sample_data)["image"]
+    slicer.util.updateVolumeFromArray(ct, slicer.util.arrayFromVolume(ct).astype(np.float32) + 1024.0)
+    outputs = module.MedDiffusionSegmentationLogic().process(ct, modelName=tiny_models["sdseg"], device="cpu")
+    settings = json.loads(outputs["segmentation"].GetAttribute(outputs_scene.SETTINGS))
+    assert settings["warnings"][0].startswith("the CT does not look like Hounsfield units")
+
+
 def test_bad_requests_are_refused_before_anything_runs(module, scene, tiny_models, sample_data):  # noqa: F811
     from MedDiffusionExtension.errors import InputError
     from MedDiffusionLib import sampledata

@@ -4,6 +4,7 @@
 #   bash training/train_bundled.sh [data-v2|cdm-v2|sdseg-v2]     0.2.0: randomized acquisitions (see below)
 #   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|cdm-v3|cdm-v3-unet|eval-v3]   0.3.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v4|sdseg-v4-unet|cdm-v4|cdm-v4-unet|eval-v4]   0.4.0 (see below)
+#   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -207,6 +208,26 @@ if [[ $what == sdseg-v4-unet ]]; then
   run_stage more && train "${segunet_v4[@]}" --resume auto --time-budget $SDSEG_V4_MORE_SECONDS
   export_model "$RUNS/sdseg-segunet-v4" "$RUNS/segunet-v4-tiny-phantom" --raw-weights
 fi
+
+# 0.5.0 (sdseg-v5): the 0.4.0 latent stage (run folder sdseg-ldm-v4, exported fp32 with its mask encoder) on a new
+# cosine cycle with every sample of each batch at t = T - 1 (last_step_fraction 1.0): the bundled model only ever
+# runs the single step, and at 0.4.0 more DDIM steps scored lower than one (docs/decisions.md, SDSeg). Beside it
+# the UNet baseline continues from 0.4.0's for the same wall time (sdseg-v5-unet; THREADS=1 each, side by side).
+SDSEG_V5_SECONDS=${SDSEG_V5_SECONDS:-3600}
+if [[ $what == sdseg-v5 ]]; then
+  [[ -f $RUNS/sdseg-ldm-v4/model/model.safetensors ]] || export_model "$RUNS/sdseg-ldm-v4" "$RUNS/sdseg-ldm-v4/model"
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --set version=0.5.0 --optimizer adamw \
+    --lr-schedule cosine --set stage=ldm --set init="$RUNS/sdseg-ldm-v4/model" --set finetune=true --set mask_loss_weight=10.0 \
+    --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-ldm-v5" --max-steps ${SDSEG_V5_STEPS:-440} --batch-size 8 --lr 1.5e-4 \
+    --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V5_SECONDS
+  export_model "$RUNS/sdseg-ldm-v5" "$RUNS/sdseg-v5-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == sdseg-v5-unet ]]; then
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v2 --set cache_dir=cache/sdseg-v2 --optimizer adamw --lr-schedule cosine \
+    --set stage=segunet --set name=segunet-tiny-phantom --set init="$RUNS/segunet-v4-tiny-phantom" --out-dir "$RUNS/sdseg-segunet-v5" \
+    --max-steps ${SDSEG_V5_UNET_STEPS:-300} --batch-size 8 --lr 4e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V5_SECONDS
+  export_model "$RUNS/sdseg-segunet-v5" "$RUNS/segunet-v5-tiny-phantom" --raw-weights
+fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"
   train "${cdm_v3_common[@]}" --set version=0.4.0 --set stage=cunet --set init="$RUNS/cdm-mdn-v3/model" --out-dir "$RUNS/cdm-cunet-v4" \
@@ -223,15 +244,17 @@ if [[ $what == cdm-v4-unet ]]; then
   export_model "$RUNS/cdm-unet-v4" "$RUNS/cunet-m1-v4-tiny-phantom" --raw-weights
 fi
 
-if [[ $what == eval-v2 || $what == eval-v3 || $what == eval-v4 ]]; then
+if [[ $what == eval-v2 || $what == eval-v3 || $what == eval-v4 || $what == eval-v5 ]]; then
   # The tables in docs/evaluation: in-distribution test split (and the cards' metrics), the shifted set, the grids,
   # for the bundled CDM and union SDSeg against their UNet baselines: those of 0.2.0 (eval-v2) or those continued
-  # beside the 0.3.0 / 0.4.0 training (eval-v3 / eval-v4, after each export was copied to Resources/Models).
+  # beside the 0.3.0 / 0.4.0 / 0.5.0 training (eval-v3 / eval-v4 / eval-v5, after each export was copied to
+  # Resources/Models; eval-v5 is for the union SDSeg: its cdm parts would use the M1 UNet of eval-v4).
   # SET=<part> runs one part (sdseg-in, sdseg-shifted, sdseg-grids, cdm-in, cdm-shifted, cdm-grids), e.g. two side
   # by side. From eval-v4 the SDSeg reports add a row that keeps labels outside the body (the earlier protocol).
   segunet=$RUNS/segunet-tiny-phantom; m1=$RUNS/cunet-m1-tiny-phantom; body_row=()
   [[ $what == eval-v3 ]] && { segunet=$RUNS/segunet-v3-tiny-phantom; m1=$RUNS/cunet-m1-v3-tiny-phantom; }
   [[ $what == eval-v4 ]] && { segunet=$RUNS/segunet-v4-tiny-phantom; m1=$RUNS/cunet-m1-v4-tiny-phantom; body_row=(--outside-body-row); }
+  [[ $what == eval-v5 ]] && { segunet=$RUNS/segunet-v5-tiny-phantom; m1=$RUNS/cunet-m1-v4-tiny-phantom; body_row=(--outside-body-row); }
   part() { [[ -z ${SET:-} || $SET == "$1" ]]; }
   evaluate() { "$PY" -m training evaluate "$@"; }
   in_note="Phantoms of randomized acquisitions (profile train)."

@@ -122,7 +122,12 @@ class SegmentRequest(Request):
         from ..pipelines import segment as segment_volume
 
         card = loaded.card
-        result = segment_volume(image=inputs[self.input_names(card)[0]], loaded=loaded, steps=self.settings.steps,
+        image = inputs[self.input_names(card)[0]]
+        if card.normalization.kind == "ct_window":
+            from ..volume.hounsfield import warn_if_not_hounsfield
+
+            warn_if_not_hounsfield(image, "the CT", card.name)
+        result = segment_volume(image=image, loaded=loaded, steps=self.settings.steps,
                          samples=self.samples(card), threshold=float(self.threshold), options=options,
                          organs=self.organ_labels(card), body_only=self.body_only)
         outputs = {"labels": result.labels}

@@ -262,11 +262,15 @@ class MedDiffusionSegmentationLogic(ScriptedLoadableModuleLogic, BackgroundLogic
             settings=catalog.runSettings(steps, samples, seed, device, batchSize, precision))
         card = request.card()
         inputs = scene.checkInputs({"image": inputVolume}, request.input_names(card), catalog.targetLabel)
-        job = BackgroundJob(request.COMMAND, inputs, request.output_names(card), request.to_job(card), onProgress=onProgress)
+        warnings = []  # the runner's: e.g. a CT that does not look like Hounsfield units
+        job = BackgroundJob(request.COMMAND, inputs, request.output_names(card), request.to_job(card), onProgress=onProgress,
+                            onWarning=warnings.append)
         provenance = dict(request.to_job(), model=card.name)
         kept, probabilityOrgans = request.kept_segments(card), request.probability_names(card)
 
         def buildOutputs(files):
+            if warnings:
+                provenance["warnings"] = list(warnings)
             # Read and check every file before the first node enters the scene.
             labels = exchange.readVolumeOnGrid(files["labels"], inputVolume, "vtkMRMLLabelMapVolumeNode")
             probabilities = {name: exchange.readVolumeOnGrid(files[name], inputVolume) for name in probabilityOrgans}
