@@ -55,6 +55,23 @@ def test_stored_ct_numbers_are_named_with_what_to_do(ct):
     assert "\n" not in message and "subtract 1024" in message and "'model-x' expects HU" in message
 
 
+def _padded(volume, value):
+    """The volume with the corners outside the reconstruction circle set to a scanner's padding value."""
+    _, rows, columns = volume.shape
+    j, i = np.ogrid[:rows, :columns]
+    outside = (j - rows / 2) ** 2 + (i - columns / 2) ** 2 > (min(rows, columns) / 2) ** 2
+    return volume.with_array(np.where(outside[None], value, volume.array).astype(np.float32))
+
+
+def test_padding_outside_the_field_of_view_is_neither_air_nor_a_sign_of_the_units(ct):
+    assert _silent(_padded(ct, -3024.0)).verdict == "hu"
+    stored = ct.with_array(np.clip(ct.array + 1024.0, 0, None).astype(np.float32))
+    padded = _padded(stored, -2000.0)  # stored numbers with the scanner's padding: the padding is not air
+    assert (padded.array == -2000).mean() > 0.1
+    with pytest.warns(InputRequirementWarning, match="subtract 1024"):
+        assert warn_if_not_hounsfield(padded, "the CT", "model-x").verdict == "stored"
+
+
 @pytest.mark.parametrize("scale", [1.0, 255.0])
 def test_a_normalized_image_is_not_recognised_as_hounsfield_units(ct, scale):
     low, high = -175.0, 250.0

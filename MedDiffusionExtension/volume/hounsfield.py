@@ -6,10 +6,13 @@ the model's window; less often an image already windowed or normalized (0-1, 0-2
 A CT of any body region in HU shows air (below -500 HU: outside the body, lungs, bowel gas) or fat (-200 to -30 HU,
 around every abdominal organ), so the check only judges volumes that show neither, and then names the likely cause:
 
-- stored CT numbers: nothing below -50 and at least STORED_TISSUE_FRACTION of the voxels at 850-1250, where fat and
-  soft tissue land when 1024 is added (in HU that range is dense bone, a few percent of an abdomen at most); an MRI
-  in scanner units can look the same, so the warning names both;
+- stored CT numbers: nothing below STORED_LOWEST (-50) and at least STORED_TISSUE_FRACTION of the voxels at
+  850-1250, where fat and soft tissue land when 1024 is added (in HU that range is dense bone, a few percent of an
+  abdomen at most); an MRI in scanner units can look the same, so the warning names both;
 - otherwise: not recognisably Hounsfield units (e.g. a tight crop inside one organ, or a normalized image).
+
+Values below PADDING_BELOW are left out first: scanners fill the corners outside the reconstruction circle with
+padding (-2000 or -3024 in HU, -2000 among stored numbers), which is neither air nor a sign of the units.
 
 The warning does not stop the run (the user may know better); its silence does not prove the units right. Numpy
 only, on a strided copy of at most about a million voxels.
@@ -25,10 +28,12 @@ import numpy as np
 from .checks import InputRequirementWarning
 from .volume import Volume
 
+PADDING_BELOW = -1100.0  # below air (-1000 HU): the fill outside the field of view, not anatomy
 AIR_HU = -500.0
 FAT_HU = (-200.0, -30.0)
 STORED_OFFSET = 1024.0  # the usual rescale intercept is -1024
 STORED_TISSUE = (850.0, 1250.0)  # fat to enhanced soft tissue (-174 to 226 HU) as stored numbers
+STORED_LOWEST = -50.0  # stored numbers are not negative (air is near 0); a little noise is allowed
 MIN_AIR_FRACTION = 0.001
 MIN_FAT_FRACTION = 0.005
 STORED_TISSUE_FRACTION = 0.10
@@ -51,7 +56,7 @@ class HounsfieldCheck:
 def _sample(array: np.ndarray) -> np.ndarray:
     stride = max(1, int(np.ceil((array.size / MAX_CHECKED_VOXELS) ** (1 / 3))))
     values = np.asarray(array[::stride, ::stride, ::stride], dtype=np.float32).ravel()
-    return values[np.isfinite(values)]
+    return values[np.isfinite(values) & (values >= PADDING_BELOW)]
 
 
 def check_hounsfield(volume: Volume) -> HounsfieldCheck:
@@ -65,7 +70,7 @@ def check_hounsfield(volume: Volume) -> HounsfieldCheck:
     low, high = float(values.min()), float(values.max())
     if air >= MIN_AIR_FRACTION or fat >= MIN_FAT_FRACTION:
         verdict = "hu"
-    elif low >= -50.0 and stored_tissue >= STORED_TISSUE_FRACTION:
+    elif low >= STORED_LOWEST and stored_tissue >= STORED_TISSUE_FRACTION:
         verdict = "stored"
     else:
         verdict = "unknown"
