@@ -9,6 +9,7 @@ so k steps + resume to N gives the same weights as N steps straight (CPU, num_wo
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import math
 import random
@@ -553,4 +554,15 @@ class Trainer:
                 self.progress.close()
             if self.logger is not None:
                 self.logger.close()
+            self._release_ddp()
             shutdown(self.ctx)
+
+    def _release_ddp(self) -> None:
+        """Drop the DDP wrapper before the process group ends. The wrapper holds the group: left to the interpreter's
+        exit, gloo's threads are torn down with it after Python is half gone, which can abort a rank (SIGABRT) after
+        a run that finished and saved."""
+        wrapper = getattr(self, "train_module", None)
+        if isinstance(wrapper, DistributedDataParallel):
+            self.train_module = wrapper.module
+            del wrapper
+            gc.collect()  # the wrapper sits in reference cycles (hooks), which refcounting alone does not free
