@@ -114,11 +114,15 @@ def _train_every_stage(recipe: str, data_root: Path, work: Path) -> None:
         folder = work / _stage_name(stage, extra)
         settings = dict(max_steps=2, batch_size=2, lr=1e-3, log_every=1, ckpt_every=1, keep_checkpoints=0,
                         device="cpu", progress=False)
-        Trainer(build_recipe(recipe, config), TrainConfig(out_dir=str(folder / "straight"), **settings)).fit()
+        straight = Trainer(build_recipe(recipe, config), TrainConfig(out_dir=str(folder / "straight"), **settings))
+        straight.fit()
         resume = str(checkpoint_path(folder / "straight", 1))
         Trainer(build_recipe(recipe, config), TrainConfig(out_dir=str(folder / "resumed"), resume=resume, **settings)).fit()
         assert dist.is_initialized()
-        # A DDP wrapper alive after fit holds the group until the interpreter's exit, where gloo can abort the rank.
+        # A DDP wrapper alive after fit holds the group, even while the trainer object lives on (as in the CLI until
+        # it returns, or to the interpreter's exit in a caller's cycle), and gloo's teardown there can abort a rank.
+        assert not isinstance(straight.train_module, DistributedDataParallel), stage
+        del straight
         assert not [obj for obj in gc.get_objects() if isinstance(obj, DistributedDataParallel)], stage
     dist.destroy_process_group()
 
