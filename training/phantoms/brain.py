@@ -239,21 +239,29 @@ def acquired_subject(seed: int, acquisition: MRAcquisition, tumour: bool = True)
 
 
 def simulate_brain(seed: int, shape=None, spacing=None, tumour: bool = True,
-                   acquisition: str | MRAcquisition = "fixed") -> BrainPhantom:
+                   acquisition: str | MRAcquisition = "fixed", sequences=SEQUENCES, scanner_noise: bool = True,
+                   bias_field: bool = True) -> BrainPhantom:
     """One case. acquisition 'fixed' (default): the BraTS field of view (default 240 x 240 x 155 voxels of 1 mm;
     shape in NIfTI order). 'train' or 'shifted' (or a drawn MRAcquisition): the drawn scanner and grid; a shape
     keeps the drawn field of view on that many voxels; a spacing forces the voxel size on that (or the drawn)
-    shape."""
+    shape. scanner_noise / bias_field False: the same case without its noise / its bias fields (what an ideal
+    translator could predict of an image: neither is shared between one case's sequences)."""
     if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
-        grid = brats_grid(shape, spacing)
-        return render_subject(draw_subject(seed, tumour), grid)
-    if isinstance(acquisition, str):
-        acquisition = draw_mr_acquisition(seed, acquisition)
-    grid = acquisition.grid(BRATS_CENTRE_RAS, shape)
-    if spacing is not None:
-        grid = lps_grid(grid.shape, spacing, BRATS_CENTRE_RAS)
-    phantom = render_subject(acquired_subject(seed, acquisition, tumour), grid)
-    phantom.info["acquisition"] = acquisition.info()
+        grid, subject, info = brats_grid(shape, spacing), draw_subject(seed, tumour), None
+    else:
+        if isinstance(acquisition, str):
+            acquisition = draw_mr_acquisition(seed, acquisition)
+        grid = acquisition.grid(BRATS_CENTRE_RAS, shape)
+        if spacing is not None:
+            grid = lps_grid(grid.shape, spacing, BRATS_CENTRE_RAS)
+        subject, info = acquired_subject(seed, acquisition, tumour), acquisition.info()
+    if not scanner_noise:
+        subject = dataclasses.replace(subject, snr={name: np.inf for name in subject.snr})  # sigma 0
+    if not bias_field:
+        subject = dataclasses.replace(subject, bias_strength={name: 0.0 for name in subject.bias_strength})
+    phantom = render_subject(subject, grid, sequences=sequences)
+    if info is not None:
+        phantom.info["acquisition"] = info
     return phantom
 
 
