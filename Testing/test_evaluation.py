@@ -56,6 +56,26 @@ def test_comparing_the_evaluated_model_with_itself_is_refused(tmp_path, models, 
     assert not (tmp_path / "eval").exists()
 
 
+def test_sample_means_add_one_row_each_and_a_count_below_two_is_refused(tmp_path, models, capsys):
+    data = tmp_path / "brats"
+    write_brats_case(data, 0, seed=0, shape=(40, 40, 24))
+    out = tmp_path / "eval"
+    assert training_main(["evaluate", "translation", "--data-root", str(data), "--split", "all", "--model",
+                          "cdm-micro-test", "--core", "--sample-means", "2,4", "--out", str(out),
+                          "--device", "cpu"]) == 0
+    table1 = json.loads((out / "results.json").read_text(encoding="utf-8"))["table1"]
+    assert [row[0] for row in table1] == ["Copy source (T1→T1c, T2→T2f)", "cdm-micro-test (3 steps)",
+                                          "cdm-micro-test (3 steps), mean of 2 samples",
+                                          "cdm-micro-test (3 steps), mean of 4 samples"]
+    single, two, four = (row[7] for row in table1[1:])
+    assert len({single, two, four}) == 3  # other draws, other outputs
+    with pytest.raises(SystemExit) as refused:
+        training_main(["evaluate", "translation", "--data-root", str(data), "--model", "cdm-micro-test",
+                       "--sample-means", "1", "--out", str(tmp_path / "refused")])
+    assert refused.value.code == 2
+    assert "expected sample counts of 2 or more" in capsys.readouterr().err
+
+
 def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, models):
     data = tmp_path / "btcv"
     write_btcv_dataset(data, 1, seed=0, shape=(64, 64, 8))

@@ -28,6 +28,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=5, help="samples for uncertainty / ensemble / stability")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sample-means", type=_counts, default=(), metavar="K[,K...]",
+                        help="translation (CDM): one more row per K, the mean of K samples (`--samples K`)")
     parser.add_argument("--outside-body-row", action="store_true",
                         help="segmentation: add a single-step row that keeps labels outside the body (`--outside-body`)")
     parser.add_argument("--update-card", action="store_true", help="write the measured metrics into the model's card.json")
@@ -44,6 +46,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fp32,bf16: one evaluation per precision into OUT/<precision>/ and OUT/precision.md, "
                              "each precision's headline metrics against the first's (the quality guard)")
     parser.add_argument("--command-note", default="", help="extra text recorded with the results (e.g. how data was made)")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 2:
+        raise argparse.ArgumentTypeError(f"expected sample counts of 2 or more, e.g. 3,5; got {text!r}")
+    return counts
 
 
 def _precisions(text: str) -> tuple[str, ...]:
