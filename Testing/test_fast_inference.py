@@ -81,7 +81,8 @@ def test_the_inference_copy_leaves_out_training_only_parts_and_still_segments(sd
 
 def test_a_segmentation_is_the_same_in_either_layout(sdseg, monkeypatch):
     ct = axial_volume(shape=(4, 48, 48))
-    request = tasks.SegmentRequest(settings=tasks.RunSettings(device="cpu", samples=2, batch_size=2))
+    # fp32 on any CPU: `auto` would be bf16 where the CPU has native units, and the layouts then round differently.
+    request = tasks.SegmentRequest(settings=tasks.RunSettings(device="cpu", samples=2, batch_size=2, precision="fp32"))
     fast = request.run({"image": ct}, sdseg, request.settings.run_options(model=sdseg))
     for module in ("MedDiffusionExtension.pipelines.common", "MedDiffusionExtension.volume.engine"):
         monkeypatch.setattr(f"{module}.uses_channels_last", lambda device: False)
