@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--shape", help="voxels in NIfTI order, e.g. 64x64x40 (field of view kept)")
         if name == "btcv":
             command.add_argument("--spacing", type=_spacing, help="voxel size in mm, e.g. 0.8x0.8x2.5")
+            command.add_argument("--oral-contrast", type=float, metavar="HU",
+                                 help="positive oral contrast in every case: stomach, duodenum and small bowel "
+                                      "fluid at this HU (e.g. 250; a stress test, no profile draws it)")
         if name != "ixi":
             command.add_argument("--acquisition", choices=PROFILES, default="fixed",
                                  help="scanner and protocol per case: fixed (the original single acquisition), "
@@ -67,7 +70,7 @@ def write(args: argparse.Namespace) -> list[Path]:
         cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape, acquisition=args.acquisition)
     elif args.what == "btcv":
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
-                                           acquisition=args.acquisition)
+                                           acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":

@@ -32,6 +32,7 @@ BTCV_SHAPE = (512, 512, 100)
 BTCV_SPACING = (0.8, 0.8, 2.5)
 FIELD_CENTRE_RAS = (0.0, -15.0, 25.0)
 AIR_OUTSIDE_SCAN = -1024.0
+ORAL_CONTRAST_KEY = "oral_contrast"  # AbdomenSubject.hu key of the bowel and stomach fluid when set
 _REFERENCE_VOXEL_MM3 = 0.8 * 0.8 * 2.5  # the noise level drawn per case is for this voxel size
 
 
@@ -130,6 +131,11 @@ def _paint_thorax(canvas: _Canvas):
     canvas.hu[muscle] = hu["muscle"]
 
 
+def _lumen_fluid(hu: dict) -> float:
+    """HU of the fluid in the stomach, duodenum and small bowel: the body's fluid, unless oral contrast fills them."""
+    return hu.get(ORAL_CONTRAST_KEY, hu["fluid"])
+
+
 def _paint_bowel(canvas: _Canvas):
     hu, fields = canvas.subject.hu, canvas.subject.fields
 
@@ -140,7 +146,7 @@ def _paint_bowel(canvas: _Canvas):
 
     def fluid_loops(level, x, y, z):
         bubbles = fields["bubbles"](x, y, z) > 2.0
-        lumen = np.where(bubbles, np.float32(hu["gas"]), np.float32(hu["fluid"] + 10.0))
+        lumen = np.where(bubbles, np.float32(hu["gas"]), np.float32(_lumen_fluid(hu) + 10.0))
         return np.where(level > 0.75, np.float32(hu["wall"]), lumen)
 
     organs = canvas.subject.organs
@@ -156,7 +162,7 @@ def _paint_stomach(canvas: _Canvas):
     gas_level = float((tube.points[:, 1] + 0.8 * tube.radii).max()) - canvas.subject.stomach_gas_depth_mm
 
     def fill(level, x, y, z):
-        lumen = np.where(y > gas_level, np.float32(hu["gas"]), np.float32(hu["fluid"]))
+        lumen = np.where(y > gas_level, np.float32(hu["gas"]), np.float32(_lumen_fluid(hu)))
         return np.where(level > 0.84, np.float32(hu["wall"]), lumen)
 
     canvas.paint(stomach, fill, BTCV_LABELS["stomach"])
@@ -473,19 +479,29 @@ def acquired_subject(seed: int, profile: str) -> tuple[AbdomenSubject, CTAcquisi
 
 
 def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None,
-                acquisition: str | CTAcquisition = "fixed") -> CTPhantom:
+                acquisition: str | CTAcquisition = "fixed", oral_contrast_hu: float | None = None) -> CTPhantom:
     """One case. acquisition 'fixed' (default): shape (NIfTI order) and spacing default to 512 x 512 x 100 voxels
     of 0.8 x 0.8 x 2.5 mm and enhancement (0 native, 1 portal venous) is drawn per case when None. 'train' or
     'shifted' (or a CTAcquisition, e.g. a drawn one with fields replaced): the acquisition decides grid, phase and
-    kernel; shape and spacing, when given, force the grid (see CTAcquisition.grid); enhancement is ignored."""
+    kernel; shape and spacing, when given, force the grid (see CTAcquisition.grid); enhancement is ignored.
+    oral_contrast_hu: positive oral contrast, the fluid in the stomach, duodenum and small bowel at this HU (the
+    same case otherwise; no profile draws it)."""
     if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
-        return render_abdomen(draw_abdomen(seed, enhancement), btcv_grid(shape, spacing))
-    if isinstance(acquisition, str):
-        subject, acquisition = acquired_subject(seed, acquisition)
+        subject, grid, acquisition = draw_abdomen(seed, enhancement), btcv_grid(shape, spacing), None
     else:
-        subject = vary_abdomen(draw_abdomen(seed), acquisition.anatomy.fat_extra_mm, acquisition.anatomy.organ_scale,
-                               acquisition.hu, acquisition.texture_hu, CT_ANATOMY["min_fat_mm"])
-    return render_abdomen(subject, acquisition.grid(shape, spacing), acquisition)
+        if isinstance(acquisition, str):
+            subject, acquisition = acquired_subject(seed, acquisition)
+        else:
+            subject = vary_abdomen(draw_abdomen(seed), acquisition.anatomy.fat_extra_mm,
+                                   acquisition.anatomy.organ_scale, acquisition.hu, acquisition.texture_hu,
+                                   CT_ANATOMY["min_fat_mm"])
+        grid = acquisition.grid(shape, spacing)
+    if oral_contrast_hu is not None:
+        subject = replace(subject, hu={**subject.hu, ORAL_CONTRAST_KEY: float(oral_contrast_hu)})
+    phantom = render_abdomen(subject, grid, acquisition)
+    if oral_contrast_hu is not None:
+        phantom.info["oral_contrast_hu"] = float(oral_contrast_hu)
+    return phantom
 
 
 def generate_ct_case(seed: int, shape=None, spacing=None, acquisition: str = "fixed"

@@ -80,9 +80,10 @@ def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0,
     return cases
 
 
-def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str) -> tuple[dict[str, Path], dict]:
+def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str,
+                     oral_contrast_hu: float | None = None) -> tuple[dict[str, Path], dict]:
     root = Path(root)
-    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition)
+    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition, oral_contrast_hu=oral_contrast_hu)
     paths = {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
                                   np.int16),
              "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
@@ -96,12 +97,13 @@ def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None, acqu
 
 
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
-                       acquisition: str = "fixed") -> list[dict]:
+                       acquisition: str = "fixed", oral_contrast_hu: float | None = None) -> list[dict]:
+    """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct)."""
     check_profile(acquisition)
     cases, records = [], {}
     for i in range(n):
         paths, records[f"{start + i:04d}"] = _write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing,
-                                                              acquisition)
+                                                              acquisition, oral_contrast_hu)
         cases.append(paths)
     write_acquisitions(root, records)
     return cases
