@@ -43,6 +43,7 @@ def test_the_shifted_sets_bias_fields_lower_the_ceiling_far_below_the_noise_alon
     assert [case["case"] for case in results["per_case"]] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
     assert 25 < noise["Avg PSNR"] < 60 and both["Avg PSNR"] < noise["Avg PSNR"] - 5  # bias log SD 0.25-0.40
     assert 0 < both["Avg SSIM"] < noise["Avg SSIM"] < 1
+    assert both["T2w PSNR"] < noise["T2w PSNR"] - 5  # EDTS-Trans's target, scored alike
     assert "Reference without its noise and bias field" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
 
     # The noise-free render is the same case: its difference to the file is the noise, about sigma everywhere.
