@@ -193,6 +193,22 @@ def test_oral_contrast_fills_the_stomach_and_bowel_lumen_and_keeps_the_labels():
     assert kidneys.any() and np.abs(oral.image - plain.image)[kidneys].max() <= 1.0
 
 
+def test_an_oral_contrast_share_marks_some_cases_and_leaves_the_others_as_they_were(tmp_path):
+    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
+    write_btcv_dataset(plain, 6, seed=0, shape=(48, 48, 8), acquisition="train")
+    write_btcv_dataset(mixed, 6, seed=0, shape=(48, 48, 8), acquisition="train", oral_contrast_share=0.5)
+    records = json.loads((mixed / "acquisitions.json").read_text(encoding="utf-8"))["cases"]
+    oral = {case: record.get("oral_contrast_hu") for case, record in records.items()}
+    assert 0 < sum(hu is not None for hu in oral.values()) < 6
+    assert all(150.0 <= hu <= 350.0 for hu in oral.values() if hu is not None)
+    for case, hu in oral.items():
+        same = sha256_of(plain / "img" / f"img{case}.nii.gz") == sha256_of(mixed / "img" / f"img{case}.nii.gz")
+        assert same == (hu is None), case
+        assert sha256_of(plain / "label" / f"label{case}.nii.gz") == sha256_of(mixed / "label" / f"label{case}.nii.gz")
+    with pytest.raises(ValueError, match="oral_contrast_share"):
+        write_btcv_dataset(tmp_path / "bad", 1, oral_contrast_share=1.5)
+
+
 def test_table_arms_and_truncation_flags_do_what_they_say():
     base = acquired_subject(2, "train")[1]
     wide = dataclasses.replace(base, fov_mm=500.0, pixel_mm=500.0 / 512, shift_mm=(0.0, 0.0), arms=None,

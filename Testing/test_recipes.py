@@ -86,6 +86,19 @@ def test_sdseg_stages_then_segment(tmp_path):
     assert np.array_equal(again.probability.array, result.probability.array)
     with pytest.raises(InputError, match="inference-only"):
         build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "init": str(slim)}).build_model()
+    # ... unless the single step is trained through the frozen decoder only (no latent targets, no mask encoder).
+    decoder_only = ["--set", "finetune=true", "--set", "last_step_fraction=1.0", "--set", "mask_loss_weight=1.0",
+                    "--set", "latent_targets=false"]
+    tuned = load_model(_train(tmp_path, "sdseg", "ldm", tmp_path / "tuned",
+                              extra=[*common, "--set", f"init={slim}", *decoder_only]))
+    for name, value in slim_model.tensors.items():
+        changed = not torch.equal(tuned.tensors[name].float(), value.float())
+        trained = name.startswith(("denoiser.", "vision_encoder."))
+        assert changed == trained or (trained and "bias" in name) or name.endswith("num_batches_tracked"), name
+    assert torch.equal(tuned.tensors["latent_scale"], slim_model.tensors["latent_scale"])  # kept: no latents measured
+    assert segment(image=image, loaded=tuned).labels.shape == image.shape
+    with pytest.raises(InputError, match="latent_targets=false"):
+        build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "latent_targets": False})
 
 
 MICRO_SEGUNET = {"image_size": 32, "unet": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -98,6 +111,8 @@ EVERY_STAGE = [
     ("sdseg", "autoencoder", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_encoding": "analog_bits"}),
     ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7]}),
     ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_loss_weight": 1.0}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"finetune": True, "last_step_fraction": 1.0, "mask_loss_weight": 1.0,
+                                   "latent_targets": False}),
     ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
     ("edts", "regn", MICRO_EDTS, {}), ("edts", "refiner", MICRO_EDTS, {}), ("edts", "joint", MICRO_EDTS, {}),
     ("edts", "unet", MICRO_EDTS, {}),

@@ -5,6 +5,7 @@
 #   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|cdm-v3|cdm-v3-unet|eval-v3]   0.3.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v4|sdseg-v4-unet|cdm-v4|cdm-v4-unet|eval-v4]   0.4.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
+#   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0 candidate: oral contrast (see below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -227,6 +228,23 @@ if [[ $what == sdseg-v5-unet ]]; then
     --set stage=segunet --set name=segunet-tiny-phantom --set init="$RUNS/segunet-v4-tiny-phantom" --out-dir "$RUNS/sdseg-segunet-v5" \
     --max-steps ${SDSEG_V5_UNET_STEPS:-300} --batch-size 8 --lr 4e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V5_SECONDS
   export_model "$RUNS/sdseg-segunet-v5" "$RUNS/segunet-v5-tiny-phantom" --raw-weights
+fi
+# 0.6.0 candidate (sdseg-v6): the bundled 0.5.0 (inference-only: it has no mask encoder) fine-tuned through its
+# frozen mask decoder only (latent_targets=false: pure noise at T - 1, the decoded-mask loss) on the same training
+# subjects, half of them with positive oral contrast (150-350 HU), which no earlier profile drew. The UNet baseline
+# of 0.5.0 was not kept, so none is continued beside it. data-v6 writes that set; eval-v6 adds the oral stress set.
+SDSEG_V6_SECONDS=${SDSEG_V6_SECONDS:-2100}
+if [[ $what == data-v6 ]]; then
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_v6 --n 16 --seed 0 --acquisition train --oral-contrast-share 0.5
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_shifted_oral --n 6 --seed 1000 --acquisition shifted \
+    --oral-contrast 250
+fi
+if [[ $what == sdseg-v6 ]]; then
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.6.0 --optimizer adamw \
+    --lr-schedule cosine --set stage=ldm --set init=Resources/Models/sdseg-tiny-phantom --set finetune=true \
+    --set latent_targets=false --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-ldm-v6" \
+    --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
+  export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--oral-contrast", type=float, metavar="HU",
                                  help="positive oral contrast in every case: stomach, duodenum and small bowel "
                                       "fluid at this HU (e.g. 250; a stress test, no profile draws it)")
+            command.add_argument("--oral-contrast-share", type=float, default=0.0, metavar="P",
+                                 help="that share of the cases (drawn per case) with oral contrast at 150-350 HU; "
+                                      "the others as without it")
         if name != "ixi":
             command.add_argument("--acquisition", choices=PROFILES, default="fixed",
                                  help="scanner and protocol per case: fixed (the original single acquisition), "
@@ -70,7 +73,8 @@ def write(args: argparse.Namespace) -> list[Path]:
         cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape, acquisition=args.acquisition)
     elif args.what == "btcv":
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
-                                           acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast)
+                                           acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast,
+                                           oral_contrast_share=args.oral_contrast_share)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":

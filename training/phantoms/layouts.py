@@ -96,14 +96,26 @@ def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None, acqu
     return _write_btcv_case(root, number, seed, shape, spacing, acquisition)[0]
 
 
+ORAL_CONTRAST_RANGE_HU = (150.0, 350.0)  # positive oral contrast in the bowel, as clinical CTs show it
+
+
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
-                       acquisition: str = "fixed", oral_contrast_hu: float | None = None) -> list[dict]:
-    """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct)."""
+                       acquisition: str = "fixed", oral_contrast_hu: float | None = None,
+                       oral_contrast_share: float = 0.0) -> list[dict]:
+    """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct); else
+    oral_contrast_share: that share of the cases (drawn per case from its seed) with oral contrast at an HU drawn
+    from ORAL_CONTRAST_RANGE_HU. The cases are otherwise those of the same seed without it."""
     check_profile(acquisition)
+    if not 0.0 <= oral_contrast_share <= 1.0:
+        raise ValueError(f"oral_contrast_share must be between 0 and 1, got {oral_contrast_share!r}")
     cases, records = [], {}
     for i in range(n):
+        oral = oral_contrast_hu
+        if oral is None and oral_contrast_share:
+            draw = np.random.default_rng([case_seed(seed, i), 29])  # its own stream: the case's other draws stay
+            oral = float(draw.uniform(*ORAL_CONTRAST_RANGE_HU)) if draw.random() < oral_contrast_share else None
         paths, records[f"{start + i:04d}"] = _write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing,
-                                                              acquisition, oral_contrast_hu)
+                                                              acquisition, oral)
         cases.append(paths)
     write_acquisitions(root, records)
     return cases

@@ -24,18 +24,21 @@ PHANTOM_NOTICE = (
 )
 
 
-def load_stage(model: nn.Module, init: str | None, new_prefixes: tuple[str, ...] = ()) -> nn.Module:
+def load_stage(model: nn.Module, init: str | None, new_prefixes: tuple[str, ...] = (),
+               inference_only_ok: bool = False) -> nn.Module:
     """Weights of an earlier stage's exported model folder (SHA-256 checked), loaded into `model`.
 
     Every tensor must fit; only tensors under `new_prefixes` (the network this stage trains, when its architecture
-    grew, e.g. a source-conditioned MDN) may be missing from the earlier export and keep their fresh initialisation.
+    grew, e.g. a source-conditioned MDN, or a part the stage never runs) may be missing from the earlier export and
+    keep their fresh initialisation. inference_only_ok: an inference-only export is accepted (the caller's training
+    does not need what such an export leaves out, and names it in new_prefixes).
     """
     if not init:
         return model
     if not Path(init).is_dir():
         raise InputError(f"init={init} is not a model folder; pass the --out folder of the previous stage's export")
     loaded = load_model(init)
-    if loaded.card.data.get("training", {}).get("inference_only"):
+    if loaded.card.data.get("training", {}).get("inference_only") and not inference_only_ok:
         raise InputError(f"init={init} is an inference-only export (parts only training uses were left out); "
                          "export the checkpoint again without --inference-only")
     missing, unexpected = model.load_state_dict(loaded.tensors, strict=False)

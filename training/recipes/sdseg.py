@@ -65,6 +65,11 @@ class SDSegRecipe(StagedRecipe):
         # process starts from (the rest stays uniform over 0..T-1, as in the paper). 0 (default): the paper's uniform
         # draw, where about one draw in ten lands in the last tenth of the schedule that single-step inference uses.
         "last_step_fraction": 0.0,
+        # ldm stage: False trains the single step only through the frozen mask decoder, from pure noise at T-1 (what
+        # inference runs), with the decoded-mask loss alone: no mask encoder and no latent targets are needed, so an
+        # inference-only export (e.g. a bundled model) can be fine-tuned. Needs finetune=true,
+        # last_step_fraction=1.0 and mask_loss_weight > 0. True (default): the paper's latent losses.
+        "latent_targets": True,
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
         # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
         # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
@@ -85,6 +90,11 @@ class SDSegRecipe(StagedRecipe):
         super().__init__(config, name, check_keys)
         if not 0.0 <= self.config["last_step_fraction"] <= 1.0:
             raise InputError(f"last_step_fraction must be between 0 and 1, got {self.config['last_step_fraction']!r}")
+        if not self.config["latent_targets"] and not (
+                self.stage == "ldm" and self.config["finetune"] and self.config["last_step_fraction"] == 1.0
+                and self.config["mask_loss_weight"] > 0):
+            raise InputError("latent_targets=false trains a fine-tuned single step through the decoder: use it with "
+                             "stage=ldm, finetune=true, last_step_fraction=1.0 and mask_loss_weight > 0")
         organs = self.config["organs"]
         if organs is not None:
             if not organs or len(set(organs)) != len(organs) or not all(isinstance(o, int) and 0 < o < 256 for o in organs):
@@ -105,6 +115,8 @@ class SDSegRecipe(StagedRecipe):
     def _load_init(self, model):
         if self.config["warm_start"] and self.config["init"]:
             return load_matching(model, self.config["init"])
+        if not self.config["latent_targets"]:  # the mask encoder only makes latent targets: none are needed
+            return load_stage(model, self.config["init"], new_prefixes=("autoencoder.encoder.",), inference_only_ok=True)
         return load_stage(model, self.config["init"])
 
     def build_model(self):
@@ -168,6 +180,8 @@ class SDSegRecipe(StagedRecipe):
             dice = 1 - (2 * (probability * mask).sum() + 1) / (probability.sum() + mask.sum() + 1)
             bce = F.binary_cross_entropy_with_logits(logits, mask)
             return bce + dice, {"bce": bce.detach(), "dice_loss": dice.detach()}
+        if not self.config["latent_targets"]:
+            return self._decoded_mask_loss(model, image, target, generator)
         with torch.no_grad():
             z0 = model.encode_labels(target, sample=True, generator=generator)
         condition = model.encode_image(image)
@@ -189,6 +203,16 @@ class SDSegRecipe(StagedRecipe):
             logs.update({f"mask_{name}": value.detach() for name, value in terms.items()})
             loss = loss + self.config["mask_loss_weight"] * sum(terms.values())
         return loss, logs
+
+    def _decoded_mask_loss(self, model, image, target, generator):
+        """The single step as inference runs it (pure noise at T-1, one z0 estimate), scored only on the decoded mask."""
+        condition = model.encode_image(image)
+        z_t = torch.randn(condition.shape, generator=generator).to(condition.device)  # z and z_c: the same shape
+        t = torch.full((image.shape[0],), self.schedule.num_steps - 1, dtype=torch.long, device=condition.device)
+        z0_hat, _ = x0_and_eps_from_output(self.schedule, z_t, t, model.predict_noise(z_t, t, condition), "epsilon")
+        terms = model.codec.reconstruction_loss(model.autoencoder.decode(z0_hat / model.latent_scale), target)
+        logs = {f"mask_{name}": value.detach() for name, value in terms.items()}
+        return self.config["mask_loss_weight"] * sum(terms.values()), logs
 
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",
