@@ -5,7 +5,7 @@
 #   bash training/train_bundled.sh [sdseg-v3|sdseg-v3-unet|cdm-v3|cdm-v3-unet|eval-v3]   0.3.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v4|sdseg-v4-unet|cdm-v4|cdm-v4-unet|eval-v4]   0.4.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
-#   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0 candidate: oral contrast (see below)
+#   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -245,6 +245,20 @@ if [[ $what == sdseg-v6 ]]; then
     --set latent_targets=false --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-ldm-v6" \
     --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
   export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == eval-v6 ]]; then
+  # After the export was copied to Resources/Models (card fields default, description, inference carried over).
+  # No baseline row: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto).
+  seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
+  part() { [[ -z ${SET:-} || $SET == "$1" ]]; }
+  part sdseg-in && seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg \
+    --command-note "Phantoms of randomized acquisitions (profile train)."
+  part sdseg-oral && seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
+    --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
+  part sdseg-shifted && seg --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-shifted \
+    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  part sdseg-grids && "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
+    --out docs/evaluation/spacing/sdseg --precision fp32
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"
