@@ -3,7 +3,7 @@
 1. stage=autoencoder  KL autoencoder of {-1, 1} masks (L1 reconstruction + small KL): trains model.autoencoder
 2. stage=ldm          vision encoder (initialised from the AE encoder) + denoiser on z_t || z_c with the frozen AE;
                       loss L1(eps) + lambda * L1(z0_hat); latents scaled by 1/std of the first batch's latents
-                      (options beyond the paper: mask_loss_weight, last_step_fraction; see the defaults)
+                      (options beyond the paper: mask_loss_weight, last_step_fraction, latent_targets; see the defaults)
 stage=segunet trains the plain pixel-space UNet baseline (BCE + soft Dice) on the same slices.
 
 Multi-organ (config organs = BTCV label values): the autoencoder encodes K organ classes (config mask_encoding:
