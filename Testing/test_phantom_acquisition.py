@@ -317,3 +317,11 @@ def test_cli_acquisition_flag_writes_acquisitions_json(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["btcv", "--out", str(tmp_path), "--acquisition", "bogus"])
+
+
+@pytest.mark.parametrize("flags, message", [(["--oral-contrast", "200", "--oral-contrast-share", "0.5"], "not allowed with"),
+                                            (["--oral-contrast-share", "2"], "expected a share between 0 and 1")])
+def test_cli_refuses_conflicting_or_impossible_oral_contrast(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as refused:
+        main(["btcv", "--out", str(tmp_path / "ct"), *flags])
+    assert refused.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "ct").exists()

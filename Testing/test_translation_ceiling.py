@@ -15,17 +15,8 @@ from training.phantoms import write_brats_dataset
 from training.phantoms.brain import simulate_brain
 from training.phantoms.layouts import case_seed
 
-from tiny_models import write_micro_model
-
 SHAPE = (40, 40, 24)
-
-
-@pytest.fixture
-def models(tmp_path, monkeypatch):
-    root = tmp_path / "models"
-    write_micro_model(root, "cdm")
-    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("micro_models_env")  # cdm-micro-test: its card's normalization is the scale
 
 
 def _ceiling(data, out) -> dict:
@@ -34,7 +25,7 @@ def _ceiling(data, out) -> dict:
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
-def test_the_shifted_sets_bias_fields_lower_the_ceiling_far_below_the_noise_alone(tmp_path, models):
+def test_the_shifted_sets_bias_fields_lower_the_ceiling_far_below_the_noise_alone(tmp_path):
     shifted = tmp_path / "shifted"
     write_brats_dataset(shifted, 2, seed=1000, shape=SHAPE, acquisition="shifted")
     results = _ceiling(shifted, tmp_path / "out")
@@ -54,7 +45,7 @@ def test_the_shifted_sets_bias_fields_lower_the_ceiling_far_below_the_noise_alon
     assert np.corrcoef(clean.images["t2f"][brain], noisy[brain])[0, 1] > 0.9
 
 
-def test_a_low_bias_set_has_a_higher_ceiling_and_the_rows_match_an_independent_psnr(tmp_path, models):
+def test_a_low_bias_set_has_a_higher_ceiling_and_the_rows_match_an_independent_psnr(tmp_path):
     fixed = tmp_path / "fixed"
     write_brats_dataset(fixed, 1, seed=3, shape=SHAPE)  # the fixed acquisition: bias log SD 0.04-0.12
     results = _ceiling(fixed, tmp_path / "out")
@@ -79,7 +70,7 @@ def test_a_low_bias_set_has_a_higher_ceiling_and_the_rows_match_an_independent_p
     assert min(by_hand, per_case) > 10
 
 
-def test_a_set_that_is_not_a_phantom_set_or_was_edited_is_refused(tmp_path, models, capsys):
+def test_a_set_that_is_not_a_phantom_set_or_was_edited_is_refused(tmp_path, capsys):
     data = tmp_path / "brats"
     write_brats_dataset(data, 1, seed=0, shape=SHAPE)
     path = data / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-t1c.nii.gz"

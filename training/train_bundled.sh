@@ -19,6 +19,7 @@ what=${1:-all}
 train() { "$PY" -m training train --no-progress --log-every 25 --ckpt-every 100000 "$@"; }
 from=${FROM:-}
 run_stage() { [[ -z $from || $from == "$1" ]] && { from=; return 0; }; return 1; }
+part() { [[ -z ${SET:-} || $SET == "$1" ]]; }  # SET=<part> runs one part of an eval-* block
 export_model() { "$PY" -m training export --checkpoint "$1" --out "$2" "${@:3}"; }
 
 if [[ $what == data || $what == all ]]; then
@@ -239,9 +240,17 @@ if [[ $what == data-v6 ]]; then
   "$PY" -m training phantoms btcv --out data/btcv_phantoms_shifted_oral --n 6 --seed 1000 --acquisition shifted \
     --oral-contrast 250
 fi
+SDSEG_V5_COMMIT=fe335d9  # the commit that bundled 0.5.0: the start of 0.6.0 (Resources/Models now holds 0.6.0)
 if [[ $what == sdseg-v6 ]]; then
+  v5="$RUNS/sdseg-0.5.0-bundled"
+  if [[ ! -f $v5/model.safetensors ]]; then
+    mkdir -p "$v5"
+    for file in card.json model.safetensors; do
+      git show "$SDSEG_V5_COMMIT:Resources/Models/sdseg-tiny-phantom/$file" > "$v5/$file"
+    done
+  fi
   train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.6.0 --optimizer adamw \
-    --lr-schedule cosine --set stage=ldm --set init=Resources/Models/sdseg-tiny-phantom --set finetune=true \
+    --lr-schedule cosine --set stage=ldm --set init="$v5" --set finetune=true \
     --set latent_targets=false --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-ldm-v6" \
     --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
   export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
@@ -250,15 +259,21 @@ if [[ $what == eval-v6 ]]; then
   # After the export was copied to Resources/Models (card fields default, description, inference carried over).
   # No baseline row: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto).
   seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
-  part() { [[ -z ${SET:-} || $SET == "$1" ]]; }
-  part sdseg-in && seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg \
-    --command-note "Phantoms of randomized acquisitions (profile train)."
-  part sdseg-oral && seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
-    --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
-  part sdseg-shifted && seg --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-shifted \
-    --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
-  part sdseg-grids && "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
-    --out docs/evaluation/spacing/sdseg --precision fp32
+  if part sdseg-in; then
+    seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg --command-note "Phantoms of randomized acquisitions (profile train)."
+  fi
+  if part sdseg-oral; then
+    seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
+      --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
+  fi
+  if part sdseg-shifted; then
+    seg --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-shifted --card-key shifted \
+      --command-note "Held-out acquisitions (profile shifted), other subjects."
+  fi
+  if part sdseg-grids; then
+    "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
+      --out docs/evaluation/spacing/sdseg --precision fp32
+  fi
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"
@@ -287,7 +302,6 @@ if [[ $what == eval-v2 || $what == eval-v3 || $what == eval-v4 || $what == eval-
   [[ $what == eval-v3 ]] && { segunet=$RUNS/segunet-v3-tiny-phantom; m1=$RUNS/cunet-m1-v3-tiny-phantom; }
   [[ $what == eval-v4 ]] && { segunet=$RUNS/segunet-v4-tiny-phantom; m1=$RUNS/cunet-m1-v4-tiny-phantom; body_row=(--outside-body-row); }
   [[ $what == eval-v5 ]] && { segunet=$RUNS/segunet-v5-tiny-phantom; m1=$RUNS/cunet-m1-v4-tiny-phantom; body_row=(--outside-body-row); }
-  part() { [[ -z ${SET:-} || $SET == "$1" ]]; }
   evaluate() { "$PY" -m training evaluate "$@"; }
   in_note="Phantoms of randomized acquisitions (profile train)."
   shifted_note="Held-out acquisitions (profile shifted), other subjects."

@@ -109,9 +109,8 @@ def _report(args, card, cases, rows, per_case) -> dict:
         f"(x + 1) / 2, data range 1; 2D means over axial slices with ≥ {MIN_FOREGROUND:.0%} brain; Avg over T1c and "
         "T2f, CDM's targets (T2 is EDTS-Trans's). Every case was "
         "first rendered in full and equals its files voxel for voxel.", "",
-        f"Made with: `python -m training evaluate translation-ceiling --data-root {args.data_root} --split "
-        f"{args.split} --model {args.model} --out {args.out}`" + (f". {args.command_note}" if args.command_note else ""),
-        "", markdown_table(header, table), "", "## Per case (2D PSNR, dB)", "", markdown_table(case_header, case_rows),
+        f"Made with: `{getattr(args, 'command_line', '')}`", "", *([args.command_note, ""] if args.command_note else []),
+        markdown_table(header, table), "", "## Per case (2D PSNR, dB)", "", markdown_table(case_header, case_rows),
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,13 @@ def _spacing(text: str) -> tuple[float, float, float]:
     return tuple(float(p) for p in parts)
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="what", required=True)
     for name, help_text in (("brats", "brain MRI cases in the BraTS2023 layout"),
@@ -49,12 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--shape", help="voxels in NIfTI order, e.g. 64x64x40 (field of view kept)")
         if name == "btcv":
             command.add_argument("--spacing", type=_spacing, help="voxel size in mm, e.g. 0.8x0.8x2.5")
-            command.add_argument("--oral-contrast", type=float, metavar="HU",
-                                 help="positive oral contrast in every case: stomach, duodenum and small bowel "
-                                      "fluid at this HU (e.g. 250; a stress test, no profile draws it)")
-            command.add_argument("--oral-contrast-share", type=float, default=0.0, metavar="P",
-                                 help="that share of the cases (drawn per case) with oral contrast at 150-350 HU; "
-                                      "the others as without it")
+            oral = command.add_mutually_exclusive_group()
+            oral.add_argument("--oral-contrast", type=float, metavar="HU",
+                              help="positive oral contrast in every case: stomach, duodenum and small bowel fluid at "
+                                   "this HU (e.g. 250; a stress test, no profile draws it)")
+            oral.add_argument("--oral-contrast-share", type=_share, default=0.0, metavar="P",
+                              help="that share of the cases (drawn per case) with oral contrast at 150-350 HU; the "
+                                   "others as without it")
         if name != "ixi":
             command.add_argument("--acquisition", choices=PROFILES, default="fixed",
                                  help="scanner and protocol per case: fixed (the original single acquisition), "

@@ -199,10 +199,16 @@ class SDSegRecipe(StagedRecipe):
         logs = {"l_eps": noise_loss.detach(), "l_z0": latent_loss.detach()}
         loss = noise_loss + self.config["latent_loss_weight"] * latent_loss
         if self.config["mask_loss_weight"]:
-            terms = model.codec.reconstruction_loss(model.autoencoder.decode(z0_hat / model.latent_scale), target)
-            logs.update({f"mask_{name}": value.detach() for name, value in terms.items()})
-            loss = loss + self.config["mask_loss_weight"] * sum(terms.values())
+            mask_loss, mask_logs = self._mask_loss(model, z0_hat, target)
+            logs.update(mask_logs)
+            loss = loss + mask_loss
         return loss, logs
+
+    def _mask_loss(self, model, z0_hat, target):
+        """The mask autoencoder's own reconstruction loss on the decoded estimate, times mask_loss_weight."""
+        terms = model.codec.reconstruction_loss(model.autoencoder.decode(z0_hat / model.latent_scale), target)
+        logs = {f"mask_{name}": value.detach() for name, value in terms.items()}
+        return self.config["mask_loss_weight"] * sum(terms.values()), logs
 
     def _decoded_mask_loss(self, model, image, target, generator):
         """The single step as inference runs it (pure noise at T-1, one z0 estimate), scored only on the decoded mask."""
@@ -210,9 +216,7 @@ class SDSegRecipe(StagedRecipe):
         z_t = torch.randn(condition.shape, generator=generator).to(condition.device)  # z and z_c: the same shape
         t = torch.full((image.shape[0],), self.schedule.num_steps - 1, dtype=torch.long, device=condition.device)
         z0_hat, _ = x0_and_eps_from_output(self.schedule, z_t, t, model.predict_noise(z_t, t, condition), "epsilon")
-        terms = model.codec.reconstruction_loss(model.autoencoder.decode(z0_hat / model.latent_scale), target)
-        logs = {f"mask_{name}": value.detach() for name, value in terms.items()}
-        return self.config["mask_loss_weight"] * sum(terms.values()), logs
+        return self._mask_loss(model, z0_hat, target)
 
     def describe_data(self, dataset):
         return {"dataset": f"BTCV layout at {self.config['data_root']}", "split": "BTCV 18/12 (or 60/40 when ids differ)",
