@@ -94,6 +94,19 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     assert (out / "case.png").is_file()
 
 
+def test_segmentation_evaluation_scores_each_compared_model_in_a_row_of_its_own(tmp_path, models):
+    data = tmp_path / "btcv"
+    write_btcv_dataset(data, 1, seed=0, shape=(64, 64, 8))
+    out = tmp_path / "eval"
+    same = str(models / "sdseg-micro-test")  # the evaluated model again, by its folder: the same scores
+    assert training_main(["evaluate", "segmentation", "--data-root", str(data), "--split", "all", "--model",
+                          "sdseg-micro-test", "--compare", same, "--core", "--out", str(out), "--device", "cpu",
+                          "--precision", "fp32"]) == 0
+    rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]
+    assert [row[0] for row in rows] == ["SDSeg single step", f"sdseg-micro-test 0.1.0 (`{same}`), single step"]
+    assert rows[1][1:4] == rows[0][1:4]
+
+
 def test_bundled_cards_carry_the_numbers_of_their_evaluation_reports():
     root = Path(__file__).resolve().parents[1]
     cdm = json.loads((root / "Resources/Models/cdm-tiny-phantom/card.json").read_text(encoding="utf-8"))

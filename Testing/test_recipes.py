@@ -99,6 +99,16 @@ def test_sdseg_stages_then_segment(tmp_path):
     assert segment(image=image, loaded=tuned).labels.shape == image.shape
     with pytest.raises(InputError, match="latent_targets=false"):
         build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "latent_targets": False})
+    # train_mask_decoder=true: the single step end to end, the mask decoder trained with it (the encoder still absent).
+    end_to_end = load_model(_train(tmp_path, "sdseg", "ldm", tmp_path / "end-to-end",
+                                   extra=[*common, "--set", f"init={slim}", *decoder_only,
+                                          "--set", "train_mask_decoder=true"]))
+    for name, value in slim_model.tensors.items():
+        changed = not torch.equal(end_to_end.tensors[name].float(), value.float())
+        trained = name.startswith(("denoiser.", "vision_encoder.", "autoencoder.decoder."))
+        assert changed == trained or (trained and "bias" in name) or name.endswith("num_batches_tracked"), name
+    with pytest.raises(InputError, match="train_mask_decoder"):
+        build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "train_mask_decoder": True})
 
 
 MICRO_SEGUNET = {"image_size": 32, "unet": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -113,6 +123,8 @@ EVERY_STAGE = [
     ("sdseg", "ldm", MICRO_SDSEG, {"organs": [1, 6, 7], "mask_loss_weight": 1.0}),
     ("sdseg", "ldm", MICRO_SDSEG, {"finetune": True, "last_step_fraction": 1.0, "mask_loss_weight": 1.0,
                                    "latent_targets": False}),
+    ("sdseg", "ldm", MICRO_SDSEG, {"finetune": True, "last_step_fraction": 1.0, "mask_loss_weight": 1.0,
+                                   "latent_targets": False, "train_mask_decoder": True}),
     ("sdseg", "segunet", MICRO_SEGUNET, {"organs": [1, 6, 7]}),
     ("edts", "regn", MICRO_EDTS, {}), ("edts", "refiner", MICRO_EDTS, {}), ("edts", "joint", MICRO_EDTS, {}),
     ("edts", "unet", MICRO_EDTS, {}),

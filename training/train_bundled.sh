@@ -6,6 +6,7 @@
 #   bash training/train_bundled.sh [sdseg-v4|sdseg-v4-unet|cdm-v4|cdm-v4-unet|eval-v4]   0.4.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
 #   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
+#   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen]   union SDSeg 0.7.0 candidate: decoder trained (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -274,6 +275,27 @@ if [[ $what == eval-v6 ]]; then
     "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
       --out docs/evaluation/spacing/sdseg --precision fp32
   fi
+fi
+# 0.7.0 candidate (sdseg-v7): the bundled 0.6.0 trained further as 0.6.0 was (pure noise at T - 1, decoded-mask
+# loss, same data), but with the mask decoder trained too (train_mask_decoder=true): the single step end to end.
+# sdseg-v7-frozen is the control, the same run with the decoder frozen as in 0.6.0, for the same steps and wall time
+# (THREADS=1 each, side by side): it separates what the decoder buys from what more training buys.
+SDSEG_V7_SECONDS=${SDSEG_V7_SECONDS:-4800}
+SDSEG_V6_COMMIT=e7ca601  # the commit that bundled 0.6.0: the start of 0.7.0
+if [[ $what == sdseg-v7 || $what == sdseg-v7-frozen ]]; then
+  v6="$RUNS/sdseg-0.6.0-bundled"
+  if [[ ! -f $v6/model.safetensors ]]; then
+    mkdir -p "$v6"
+    for file in card.json model.safetensors; do
+      git show "$SDSEG_V6_COMMIT:Resources/Models/sdseg-tiny-phantom/$file" > "$v6/$file"
+    done
+  fi
+  decoder=true; [[ $what == sdseg-v7-frozen ]] && decoder=false
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.7.0 --optimizer adamw \
+    --lr-schedule cosine --set stage=ldm --set init="$v6" --set finetune=true --set latent_targets=false \
+    --set train_mask_decoder=$decoder --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/$what" \
+    --max-steps ${SDSEG_V7_STEPS:-900} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V7_SECONDS
+  export_model "$RUNS/$what" "$RUNS/$what-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"

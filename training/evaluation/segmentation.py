@@ -1,5 +1,6 @@
 """SDSeg evaluation: Dice / IoU / HD95 per volume at the original resolution; single step vs 10-step DDIM vs a
-5-sample ensemble (Table 4 analogue) and the plain UNet baseline; stability across seeds (Table 5 analogue).
+5-sample ensemble (Table 4 analogue), the plain UNet baseline and any --compare models (their single step);
+stability across seeds (Table 5 analogue).
 A multi-organ model (more than one segment on its card) is evaluated per organ in the BTCV protocol (organs.py)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import platform
 import numpy as np
 
 from MedDiffusionExtension import metrics
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.volume import AxialReorientation, read_volume
 from MedDiffusionExtension.weights import load_model
 
@@ -38,6 +40,11 @@ def evaluate_segmentation(args: argparse.Namespace) -> dict:
                      (f"SDSeg single step, {args.samples}-sample ensemble", model, 1, args.samples, {})]
     if args.baseline:
         variants.append(("UNet (non-diffusion baseline)", load_model(args.baseline, task="segmentation"), None, 1, {}))
+    for other in filter(None, getattr(args, "compare", "").split(",")):
+        compared = load_model(other, task="segmentation")
+        if len(compared.card.segments) > 1:
+            raise InputError(f"--compare {other} is a multi-organ model; compare binary models with a binary one")
+        variants.append((f"{compared.card.name} {compared.card.version} (`{other}`), single step", compared, 1, 1, {}))
     if getattr(args, "outside_body_row", False):
         variants.append((OUTSIDE_BODY_ROW, model, 1, 1, {"body_only": False}))
     scores = {name: [] for name, *_ in variants}

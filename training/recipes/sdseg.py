@@ -3,7 +3,8 @@
 1. stage=autoencoder  KL autoencoder of {-1, 1} masks (L1 reconstruction + small KL): trains model.autoencoder
 2. stage=ldm          vision encoder (initialised from the AE encoder) + denoiser on z_t || z_c with the frozen AE;
                       loss L1(eps) + lambda * L1(z0_hat); latents scaled by 1/std of the first batch's latents
-                      (options beyond the paper: mask_loss_weight, last_step_fraction, latent_targets; see the defaults)
+                      (options beyond the paper: mask_loss_weight, last_step_fraction, latent_targets,
+                      train_mask_decoder; see the defaults)
 stage=segunet trains the plain pixel-space UNet baseline (BCE + soft Dice) on the same slices.
 
 Multi-organ (config organs = BTCV label values): the autoencoder encodes K organ classes (config mask_encoding:
@@ -70,6 +71,11 @@ class SDSegRecipe(StagedRecipe):
         # inference-only export (e.g. a bundled model) can be fine-tuned. Needs finetune=true,
         # last_step_fraction=1.0 and mask_loss_weight > 0. True (default): the paper's latent losses.
         "latent_targets": True,
+        # ldm stage with latent_targets=false: True also trains the mask decoder, so the single step is trained end
+        # to end (vision encoder, denoiser, decoder) on the decoded mask. The decoder then no longer decodes the mask
+        # encoder's latents as it did (the latent space of an exported model is the single step's own); False
+        # (default): the decoder stays the frozen autoencoder's, as in the paper.
+        "train_mask_decoder": False,
         "schedule": {"kind": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0155, "num_steps": 1000},
         # In-plane pixel spacing (mm) slices are resampled to, for training and in the card; None: the dataset's
         # default (weights.card.LEGACY_TRAINING_FIELDS). slice_thickness_mm: the range the training data spans.
@@ -95,6 +101,9 @@ class SDSegRecipe(StagedRecipe):
                 and self.config["mask_loss_weight"] > 0):
             raise InputError("latent_targets=false trains a fine-tuned single step through the decoder: use it with "
                              "stage=ldm, finetune=true, last_step_fraction=1.0 and mask_loss_weight > 0")
+        if self.config["train_mask_decoder"] and self.config["latent_targets"]:
+            raise InputError("train_mask_decoder=true changes what the latent targets decode to: use it with "
+                             "latent_targets=false")
         organs = self.config["organs"]
         if organs is not None:
             if not organs or len(set(organs)) != len(organs) or not all(isinstance(o, int) and 0 < o < 256 for o in organs):
@@ -133,7 +142,8 @@ class SDSegRecipe(StagedRecipe):
         if self.stage == "autoencoder":
             return list(model.autoencoder.parameters())
         if self.stage == "ldm":
-            return list(model.vision_encoder.parameters()) + list(model.denoiser.parameters())
+            decoder = list(model.autoencoder.decoder.parameters()) if self.config["train_mask_decoder"] else []
+            return list(model.vision_encoder.parameters()) + list(model.denoiser.parameters()) + decoder
         return list(model.parameters())
 
     def train_dataset(self):
