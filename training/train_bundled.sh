@@ -6,7 +6,7 @@
 #   bash training/train_bundled.sh [sdseg-v4|sdseg-v4-unet|cdm-v4|cdm-v4-unet|eval-v4]   0.4.0 (see below)
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
 #   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
-#   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen]   union SDSeg 0.7.0 candidate: decoder trained (below)
+#   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen|eval-v7]   union SDSeg 0.7.0: decoder trained (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -256,12 +256,16 @@ if [[ $what == sdseg-v6 ]]; then
     --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
   export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
-if [[ $what == eval-v6 ]]; then
+if [[ $what == eval-v6 || $what == eval-v7 ]]; then
   # After the export was copied to Resources/Models (card fields default, description, inference carried over).
-  # No baseline row: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto).
+  # No UNet row: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto). eval-v7 adds
+  # rows for its control (sdseg-v7-frozen) and for 0.6.0, the start of both (as sdseg-v7 extracted it).
   seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
+  compare=()
+  [[ $what == eval-v7 ]] && compare=(--compare "$RUNS/sdseg-v7-frozen-tiny-phantom,$RUNS/sdseg-0.6.0-bundled")
   if part sdseg-in; then
-    seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg --command-note "Phantoms of randomized acquisitions (profile train)."
+    seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg "${compare[@]}" \
+      --command-note "Phantoms of randomized acquisitions (profile train)."
   fi
   if part sdseg-oral; then
     seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
@@ -269,7 +273,7 @@ if [[ $what == eval-v6 ]]; then
   fi
   if part sdseg-shifted; then
     seg --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-shifted --card-key shifted \
-      --command-note "Held-out acquisitions (profile shifted), other subjects."
+      "${compare[@]}" --command-note "Held-out acquisitions (profile shifted), other subjects."
   fi
   if part sdseg-grids; then
     "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
