@@ -282,9 +282,9 @@ if [[ $what == eval-v6 || $what == eval-v7 ]]; then
 fi
 # 0.7.0 candidate (sdseg-v7): the bundled 0.6.0 trained further as 0.6.0 was (pure noise at T - 1, decoded-mask
 # loss, same data), but with the mask decoder trained too (train_mask_decoder=true): the single step end to end.
-# sdseg-v7-frozen is the control, the same run with the decoder frozen as in 0.6.0, for the same steps and wall time
+# sdseg-v7-frozen is the control, the same run with the decoder frozen as in 0.6.0, for the same steps and time budget
 # (THREADS=1 each, side by side): it separates what the decoder buys from what more training buys.
-SDSEG_V7_SECONDS=${SDSEG_V7_SECONDS:-4800}
+SDSEG_V7_SECONDS=${SDSEG_V7_SECONDS:-4500}
 SDSEG_V6_COMMIT=e7ca601  # the commit that bundled 0.6.0: the start of 0.7.0
 if [[ $what == sdseg-v7 || $what == sdseg-v7-frozen ]]; then
   v6="$RUNS/sdseg-0.6.0-bundled"
@@ -298,7 +298,7 @@ if [[ $what == sdseg-v7 || $what == sdseg-v7-frozen ]]; then
   train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.7.0 --optimizer adamw \
     --lr-schedule cosine --set stage=ldm --set init="$v6" --set finetune=true --set latent_targets=false \
     --set train_mask_decoder=$decoder --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/$what" \
-    --max-steps ${SDSEG_V7_STEPS:-900} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V7_SECONDS
+    --max-steps ${SDSEG_V7_STEPS:-700} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V7_SECONDS
   export_model "$RUNS/$what" "$RUNS/$what-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 if [[ $what == cdm-v4 ]]; then
