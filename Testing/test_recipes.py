@@ -97,6 +97,8 @@ def test_sdseg_stages_then_segment(tmp_path):
         assert changed == trained or (trained and "bias" in name) or name.endswith("num_batches_tracked"), name
     assert torch.equal(tuned.tensors["latent_scale"], slim_model.tensors["latent_scale"])  # kept: no latents measured
     assert segment(image=image, loaded=tuned).labels.shape == image.shape
+    # Trained at the last timestep alone (last_step_fraction 1), its card says so; the paper's uniform draw does not.
+    assert tuned.card.sampling.single_step_only and not loaded.card.sampling.single_step_only
     with pytest.raises(InputError, match="latent_targets=false"):
         build_recipe("sdseg", {"stage": "ldm", "architecture": MICRO_SDSEG, "latent_targets": False})
     # train_mask_decoder=true: the single step end to end, the mask decoder trained with it (the encoder still absent).

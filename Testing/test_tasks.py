@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,25 @@ def test_segment_labels_use_the_cards_segment(models_dir, tmp_path, monkeypatch)
     loaded = tasks.load(tasks.SegmentRequest(model="sdseg-micro-test"))
     out = tasks.SegmentRequest(threshold=0.01).run({"image": ct}, loaded, tasks.RunSettings().run_options())
     assert set(np.unique(out["labels"].array)) <= {0, 6} and (out["labels"].array == 6).any()
+
+
+@pytest.mark.parametrize("single_step_only, steps, warns", [(True, 2, True), (True, 1, False), (False, 2, False)])
+def test_more_steps_than_a_single_step_only_model_was_trained_for_warns(tmp_path, monkeypatch, single_step_only, steps,
+                                                                          warns):
+    folder = write_micro_model(tmp_path / "models", "sdseg")
+    data = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    data["sampling"]["single_step_only"] = single_step_only
+    (folder / "card.json").write_text(json.dumps(data))
+    monkeypatch.setenv("MEDDIFFUSION_MODELS_DIR", str(tmp_path / "models"))
+    ct = Volume(np.random.default_rng(0).normal(0, 400, (2, 32, 32)).astype(np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]))
+    request = tasks.SegmentRequest(model="sdseg-micro-test", settings=tasks.RunSettings(steps=steps))
+    loaded = tasks.load(request)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        request.run({"image": ct}, loaded, request.settings.run_options())
+    trained_for = [str(w.message) for w in caught if "trained for its single step only" in str(w.message)]
+    assert trained_for == ([f"sdseg-micro-test 0.1.0 was trained for its single step only: {steps}-step DDIM scores far "
+                            "lower with it (its card's evaluation); run it with 1 step"] if warns else [])
 
 
 def test_every_front_end_goes_through_the_task_layer():

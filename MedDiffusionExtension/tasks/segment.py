@@ -8,6 +8,7 @@ multi-organ model, one 3D volume per organ on the CT's grid.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -127,6 +128,10 @@ class SegmentRequest(Request):
             from ..volume.hounsfield import warn_if_not_hounsfield
 
             warn_if_not_hounsfield(image, "the CT", card.name)
+        steps = self.settings.steps
+        if steps and steps > 1 and card.sampling is not None and card.sampling.single_step_only:
+            warnings.warn(f"{card.name} {card.version} was trained for its single step only: {steps}-step DDIM "
+                          "scores far lower with it (its card's evaluation); run it with 1 step")
         result = segment_volume(image=image, loaded=loaded, steps=self.settings.steps,
                          samples=self.samples(card), threshold=float(self.threshold), options=options,
                          organs=self.organ_labels(card), body_only=self.body_only)

@@ -72,6 +72,9 @@ class Sampling:
     steps_offset: int = 0
     clip_sample: Optional[float] = None
     set_alpha_to_one: bool = False
+    # True: the model was trained only for its single step (every training sample at the last timestep), so
+    # multi-step DDIM is off its training and scores far lower; running it more steps warns.
+    single_step_only: bool = False
 
     @classmethod
     def parse(cls, data: Any, where: str) -> "Sampling":
@@ -95,6 +98,7 @@ class Sampling:
             steps_offset=_field(where, "sampling.steps_offset", data.get("steps_offset", 0), int),
             clip_sample=None if clip is None else _field(where, "sampling.clip_sample", clip, float),
             set_alpha_to_one=_field(where, "sampling.set_alpha_to_one", data.get("set_alpha_to_one", False), bool),
+            single_step_only=_field(where, "sampling.single_step_only", data.get("single_step_only", False), bool),
         )
 
 

@@ -262,7 +262,9 @@ class SDSegRecipe(StagedRecipe):
             "sampling": {"schedule": self.config["schedule"], "prediction_type": "epsilon", "steps": 1, "eta": 0.0,
                          # trailing spacing starts multi-step DDIM at t = 999 like the single step; the last step
                          # lands on the z0 estimate itself
-                         "timestep_spacing": "trailing", "set_alpha_to_one": True},
+                         "timestep_spacing": "trailing", "set_alpha_to_one": True,
+                         # trained at t = T - 1 alone: DDIM's other timesteps were never trained (the task warns)
+                         "single_step_only": self.stage == "ldm" and self.config["last_step_fraction"] == 1.0},
             "geometry": self.geometry_card(),
             "metrics": {},
             "license": LICENSE,
