@@ -22,6 +22,14 @@ from=${FROM:-}
 run_stage() { [[ -z $from || $from == "$1" ]] && { from=; return 0; }; return 1; }
 part() { [[ -z ${SET:-} || $SET == "$1" ]]; }  # SET=<part> runs one part of an eval-* block
 export_model() { "$PY" -m training export --checkpoint "$1" --out "$2" "${@:3}"; }
+# bundled_at COMMIT FOLDER: the union SDSeg as Resources/Models held it at COMMIT (a start for a later version)
+bundled_at() {
+  [[ -f $2/model.safetensors ]] && return 0
+  mkdir -p "$2"
+  for file in card.json model.safetensors; do
+    git show "$1:Resources/Models/sdseg-tiny-phantom/$file" > "$2/$file"
+  done
+}
 
 if [[ $what == data || $what == all ]]; then
   "$PY" -m training phantoms brats --out data/brats_phantoms --n 16 --seed 0
@@ -244,12 +252,7 @@ fi
 SDSEG_V5_COMMIT=fe335d9  # the commit that bundled 0.5.0: the start of 0.6.0 (Resources/Models now holds 0.6.0)
 if [[ $what == sdseg-v6 ]]; then
   v5="$RUNS/sdseg-0.5.0-bundled"
-  if [[ ! -f $v5/model.safetensors ]]; then
-    mkdir -p "$v5"
-    for file in card.json model.safetensors; do
-      git show "$SDSEG_V5_COMMIT:Resources/Models/sdseg-tiny-phantom/$file" > "$v5/$file"
-    done
-  fi
+  bundled_at "$SDSEG_V5_COMMIT" "$v5"
   train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.6.0 --optimizer adamw \
     --lr-schedule cosine --set stage=ldm --set init="$v5" --set finetune=true \
     --set latent_targets=false --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-ldm-v6" \
@@ -288,12 +291,7 @@ SDSEG_V7_SECONDS=${SDSEG_V7_SECONDS:-4500}
 SDSEG_V6_COMMIT=e7ca601  # the commit that bundled 0.6.0: the start of 0.7.0
 if [[ $what == sdseg-v7 || $what == sdseg-v7-frozen ]]; then
   v6="$RUNS/sdseg-0.6.0-bundled"
-  if [[ ! -f $v6/model.safetensors ]]; then
-    mkdir -p "$v6"
-    for file in card.json model.safetensors; do
-      git show "$SDSEG_V6_COMMIT:Resources/Models/sdseg-tiny-phantom/$file" > "$v6/$file"
-    done
-  fi
+  bundled_at "$SDSEG_V6_COMMIT" "$v6"
   decoder=true; [[ $what == sdseg-v7-frozen ]] && decoder=false
   train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.7.0 --optimizer adamw \
     --lr-schedule cosine --set stage=ldm --set init="$v6" --set finetune=true --set latent_targets=false \

@@ -73,7 +73,7 @@ class Sampling:
     clip_sample: Optional[float] = None
     set_alpha_to_one: bool = False
     # True: the model was trained only for its single step (every training sample at the last timestep), so
-    # multi-step DDIM is off its training and scores far lower; running it more steps warns.
+    # multi-step DDIM is off its training and scores lower; running it more steps warns.
     single_step_only: bool = False
 
     @classmethod
