@@ -246,6 +246,16 @@ def test_ct_is_deterministic_and_btcv_files_are_readable(tmp_path, ct):
     assert [c.case_id for c in read_btcv(tmp_path)] == ["0001"]
 
 
+
+def test_cases_written_in_parallel_are_the_files_written_one_at_a_time(tmp_path):
+    options = dict(seed=3, shape=(48, 48, 8), acquisition="train", oral_contrast_share=0.5)
+    write_btcv_dataset(tmp_path / "serial", 3, **options)
+    write_btcv_dataset(tmp_path / "parallel", 3, workers=3, **options)
+    serial = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert len(serial) == 7  # 3 images, 3 label maps, acquisitions.json
+    for name in serial:
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
+
 # --- sample data and command line -------------------------------------------------------------------------------
 
 def test_bundled_samples_match_their_checksums():

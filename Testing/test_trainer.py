@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from MedDiffusionExtension.errors import InputError  # noqa: E402
 from MedDiffusionExtension.weights import load_model, read_card  # noqa: E402
 from Testing.toy_recipe import ToyRecipe  # noqa: E402
 from training.checkpoint import checkpoint_path, export, list_checkpoints, load_checkpoint  # noqa: E402
@@ -150,6 +151,27 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     assert load_checkpoint(stopped.checkpoint)["step"] == stopped.step
     _, finished = run(tmp_path, max_steps=8, resume="auto")
     assert finished.stopped_by == "max_steps" and finished.step == 8
+
+
+def test_fit_to_budget_ends_the_cosine_with_the_time_budget(tmp_path):
+    ticks = iter(range(10_000))
+    clock = lambda: float(next(ticks))  # noqa: E731  one second per reading (2.5 readings a step here)
+    _, result = run(tmp_path, max_steps=1000, time_budget=40, fit_to_budget=4, lr_schedule="cosine", min_lr=1e-4,
+                    clock=clock)
+    # Steps 3 and 4 took 5 s: 0.4 steps/s; 95% of the 30 s left is 11 more steps. The run ends by its (fitted) step
+    # count inside the budget, the cosine decayed to its floor over those 15 steps, not over 1000.
+    assert result.stopped_by == "max_steps" and result.step == 15 and result.wall_seconds <= 40
+    logged = [float(r["lr"]) for r in read_rows(tmp_path / "train_log.csv")]
+    expected = [1e-2 * lr_factor(s, schedule="cosine", warmup_steps=0, total_steps=15, min_ratio=0.01) for s in range(15)]
+    assert logged[4:] == pytest.approx(expected[4:]) and logged[-1] < 0.025 * 1e-2  # decayed to near its floor
+    assert load_checkpoint(result.checkpoint)["train_config"]["max_steps"] == 15
+
+
+def test_fit_to_budget_never_raises_max_steps_and_needs_a_budget(tmp_path):
+    _, result = run(tmp_path / "short", max_steps=6, time_budget=3600, fit_to_budget=2)
+    assert result.step == 6 and result.stopped_by == "max_steps"
+    with pytest.raises(InputError, match="--fit-to-budget needs a --time-budget"):
+        run(tmp_path / "none", fit_to_budget=2)
 
 
 def test_on_start_values_are_recorded_and_survive_resume(tmp_path):

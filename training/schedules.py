@@ -27,20 +27,16 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, 
     return min_ratio + (1.0 - min_ratio) * decay
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    schedule: str,
-    warmup_steps: int,
-    total_steps: int,
-    base_lr: float,
-    min_lr: float = 0.0,
-) -> LambdaLR:
-    """A LambdaLR stepped once per optimizer update; its state (last step) goes into checkpoints."""
+def schedule_factor(*, schedule: str, warmup_steps: int, total_steps: int, base_lr: float, min_lr: float = 0.0):
+    """The multiplier as a function of the update number, for LambdaLR."""
     min_ratio = min_lr / base_lr if base_lr > 0 else 0.0
-    return LambdaLR(
-        optimizer,
-        lambda step: lr_factor(
-            step, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
-        ),
+    return lambda step: lr_factor(
+        step, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
     )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, **schedule) -> LambdaLR:
+    """A LambdaLR stepped once per optimizer update (schedule: schedule_factor's arguments); its state (last step)
+    goes into checkpoints, its factor does not (a resume may give a longer schedule): replacing lr_lambdas[0] with
+    another schedule_factor changes the decay in place."""
+    return LambdaLR(optimizer, schedule_factor(**schedule))

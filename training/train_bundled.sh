@@ -7,6 +7,7 @@
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
 #   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
 #   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen|eval-v7]   union SDSeg 0.7.0: decoder trained (below)
+#   bash training/train_bundled.sh [data-v8|sdseg-v8|sdseg-v8-scratch|sdseg-v8-unet|eval-v8-val]   on one GPU (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -259,19 +260,22 @@ if [[ $what == sdseg-v6 ]]; then
     --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
   export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
-if [[ $what == eval-v6 || $what == eval-v7 ]]; then
+if [[ $what == eval-v6 || $what == eval-v7 || $what == eval-v8 ]]; then
   # After the export was copied to Resources/Models (card fields default, description, inference carried over).
-  # No UNet row: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto). eval-v7 adds
-  # rows for its control (sdseg-v7-frozen) and for 0.6.0, the start of both (as sdseg-v7 extracted it).
+  # No UNet row before eval-v8: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto).
+  # eval-v7 adds rows for its control (sdseg-v7-frozen) and for 0.6.0, the start of both (as sdseg-v7 extracted it);
+  # eval-v8 the UNet trained beside 0.8.0 (sdseg-v8-unet) and 0.7.0, its start (as sdseg-v8 extracted it).
   seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
   compare=()
   [[ $what == eval-v7 ]] && compare=(--compare "$RUNS/sdseg-v7-frozen-tiny-phantom,$RUNS/sdseg-0.6.0-bundled")
+  [[ $what == eval-v8 ]] && compare=(--baseline "$RUNS/segunet-v8-tiny-phantom" --compare "$RUNS/sdseg-0.7.0-bundled")
   if part sdseg-in; then
     seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg "${compare[@]}" \
       --command-note "Phantoms of randomized acquisitions (profile train)."
   fi
   if part sdseg-oral; then
-    seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
+    oral_compare=(); [[ $what == eval-v8 ]] && oral_compare=("${compare[@]}")  # eval-v6 and eval-v7: the model alone
+    seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral "${oral_compare[@]}" \
       --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
   fi
   if part sdseg-shifted; then
@@ -298,6 +302,55 @@ if [[ $what == sdseg-v7 || $what == sdseg-v7-frozen ]]; then
     --set train_mask_decoder=$decoder --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/$what" \
     --max-steps ${SDSEG_V7_STEPS:-700} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V7_SECONDS
   export_model "$RUNS/$what" "$RUNS/$what-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+# 0.8.0 candidates, on one GPU (DEVICE=cuda; the three run side by side, each for SDSEG_V8_SECONDS of wall time,
+# with --fit-to-budget sizing each cosine to its budget on whatever machine runs it):
+#   sdseg-v8          0.7.0 trained further as 0.7.0 was (single step end to end, decoder trained)
+#   sdseg-v8-scratch  a new SDSeg from scratch, the paper's stages: mask autoencoder (20% of the time), latent stage
+#                     with latent targets (50%), then the single step end to end (30%)
+#   sdseg-v8-unet     the plain UNet baseline from scratch, for the scratch chain's total time
+# All on data-v6's subjects, batch 16, no EMA (each cosine ends at its floor; raw weights exported). data-v8 writes
+# a validation set (other subjects, the train profile) to choose between the two SDSeg candidates without looking
+# at the test sets; eval-v8-val scores both on it.
+SDSEG_V8_SECONDS=${SDSEG_V8_SECONDS:-320}
+SDSEG_V7_COMMIT=0d9a286  # the commit that bundled 0.7.0: the start of sdseg-v8
+v8_common=(--recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.8.0 --optimizer adamw
+           --lr-schedule cosine --batch-size 16 --device "${DEVICE:-cuda}" --num-workers "${WORKERS:-4}" --amp off
+           --max-steps 1000000 --fit-to-budget 40)
+v8_share() { echo $(( SDSEG_V8_SECONDS * $1 / 100 )); }
+if [[ $what == data-v8 ]]; then
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_val --n 4 --seed 2000 --acquisition train \
+    --oral-contrast-share 0.5 --workers 4
+fi
+if [[ $what == sdseg-v8 ]]; then
+  v7="$RUNS/sdseg-0.7.0-bundled"
+  bundled_at "$SDSEG_V7_COMMIT" "$v7"
+  train "${v8_common[@]}" --set stage=ldm --set init="$v7" --set finetune=true --set latent_targets=false \
+    --set train_mask_decoder=true --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-v8" \
+    --lr 1e-4 --warmup-steps 50 --time-budget $SDSEG_V8_SECONDS
+  export_model "$RUNS/sdseg-v8" "$RUNS/sdseg-v8-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == sdseg-v8-scratch ]]; then
+  run=$RUNS/sdseg-v8-scratch
+  train "${v8_common[@]}" --set stage=autoencoder --out-dir "$run-ae" --lr 1e-3 --warmup-steps 50 --time-budget $(v8_share 20)
+  export_model "$run-ae" "$run-ae/model"
+  train "${v8_common[@]}" --set stage=ldm --set init="$run-ae/model" --set mask_loss_weight=10.0 --set last_step_fraction=0.5 \
+    --out-dir "$run-ldm" --lr 4e-4 --warmup-steps 50 --time-budget $(v8_share 50)
+  export_model "$run-ldm" "$run-ldm/model"
+  train "${v8_common[@]}" --set stage=ldm --set init="$run-ldm/model" --set finetune=true --set latent_targets=false \
+    --set train_mask_decoder=true --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$run-e2e" \
+    --lr 1e-4 --warmup-steps 20 --time-budget $(v8_share 30)
+  export_model "$run-e2e" "$run-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == sdseg-v8-unet ]]; then
+  train "${v8_common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-v8-segunet" --lr 1e-3 \
+    --warmup-steps 50 --time-budget $SDSEG_V8_SECONDS
+  export_model "$RUNS/sdseg-v8-segunet" "$RUNS/segunet-v8-tiny-phantom" --raw-weights --dtype float16
+fi
+if [[ $what == eval-v8-val ]]; then
+  "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --precision fp32 \
+    --device "${DEVICE:-cuda}" --model "$RUNS/sdseg-v8-tiny-phantom" --compare "$RUNS/sdseg-v8-scratch-tiny-phantom" \
+    --out "$RUNS/eval-v8-val" --command-note "Validation phantoms (data-v8)."
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"

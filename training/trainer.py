@@ -43,7 +43,7 @@ from .distributed import (
 from .ema import build_ema
 from .logs import RunLogger
 from .recipes import Recipe
-from .schedules import SCHEDULES, build_scheduler
+from .schedules import SCHEDULES, build_scheduler, schedule_factor
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw")
@@ -55,6 +55,11 @@ class TrainConfig:
     max_steps: int = field(default=1000, metadata={"help": "optimizer updates to reach (counted across resumes)"})
     time_budget: float | None = field(
         default=None, metadata={"help": "seconds this invocation may run; then it checkpoints and stops"}
+    )
+    fit_to_budget: int = field(
+        default=0,
+        metadata={"help": "after this many steps, measure the step rate and lower --max-steps (and the LR decay with "
+                          "it) to what fits in --time-budget, so the schedule ends with the budget on any machine (0: off)"},
     )
     batch_size: int = field(default=8, metadata={"help": "items per process per step"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
@@ -101,6 +106,10 @@ class TrainConfig:
             (self.log_every >= 1 and self.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
             (self.warmup_steps >= 0 and self.num_workers >= 0, "--warmup-steps and --num-workers must be >= 0"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0 seconds"),
+            (self.fit_to_budget >= 0, "--fit-to-budget must be >= 0 steps"),
+            (not self.fit_to_budget or self.time_budget is not None, "--fit-to-budget needs a --time-budget to fit"),
+            (not self.fit_to_budget or self.schedule_steps is None,
+             "--fit-to-budget sets the decay length itself: leave out --schedule-steps"),
             (self.dist_timeout > 0, "--dist-timeout must be > 0 minutes"),
         ]
         for ok, message in checks:
@@ -311,10 +320,7 @@ class Trainer:
 
         optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer_class(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        self.scheduler = build_scheduler(
-            self.optimizer, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-            total_steps=cfg.schedule_steps or cfg.max_steps, base_lr=cfg.lr, min_lr=cfg.min_lr,
-        )
+        self.scheduler = build_scheduler(self.optimizer, **self._schedule(cfg.schedule_steps or cfg.max_steps))
         self.amp_dtype = resolve_amp(cfg.amp, ctx.device)
         if self.amp_dtype is not None and ctx.device.type == "mps":
             raise InputError("mixed precision training is not supported on Apple MPS; use --amp off")
@@ -422,6 +428,36 @@ class Trainer:
     def _elapsed(self) -> float:
         return self.clock() - self._start
 
+    def _schedule(self, total_steps: int) -> dict:
+        cfg = self.config
+        return dict(schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=total_steps, base_lr=cfg.lr,
+                    min_lr=cfg.min_lr)
+
+    # Of the steps before --fit-to-budget, the first half warm up (CUDA kernels chosen, data workers started) and are
+    # not timed; the rate is that of the second half. What the measured rate promises is kept at 95%.
+    FIT_MARGIN = 0.95
+
+    def _fit_to_budget(self, first_step: int, timed_from: float) -> None:
+        """Lower max_steps (and the decay length) to what the step rate measured since timed_from fits in the time
+        left; every rank takes rank 0's answer. Never raises max_steps."""
+        cfg = self.config
+        timed_steps = self.step - first_step - cfg.fit_to_budget // 2
+        seconds_per_step = (self._elapsed() - timed_from) / max(1, timed_steps)
+        left = cfg.time_budget - self._elapsed()
+        fitted = self.step + max(1, int(self.FIT_MARGIN * left / max(seconds_per_step, 1e-9)))
+        fitted = int(broadcast_from_main(self.ctx, {"max_steps": min(cfg.max_steps, fitted)})["max_steps"])
+        if fitted < cfg.max_steps:
+            cfg.max_steps = fitted
+            factor = self.scheduler.lr_lambdas[0] = schedule_factor(**self._schedule(fitted))
+            for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base_lr * factor(self.scheduler.last_epoch)  # the next update already on the new decay
+        if self.progress is not None:
+            self.progress.total = cfg.max_steps
+            self.progress.refresh()
+        if self.ctx.is_main:
+            print(f"fit to the time budget: {1 / max(seconds_per_step, 1e-9):.2f} steps/s over {timed_steps} steps, "
+                  f"{left:.0f} s left: max_steps {cfg.max_steps}", file=sys.stderr, flush=True)
+
     def _log_window(self, window: dict[str, list]) -> None:
         if not window["loss"]:
             return
@@ -526,9 +562,17 @@ class Trainer:
                 self.progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.recipe.name}", dynamic_ncols=True)
             window: dict[str, list] = {"loss": [], "grad_norm": [], "skipped": []}
             checkpoint = None
+            first_step, timed_from = self.step, None
             while (stopped_by := self._stop_reason()) is None:
                 loss, metrics, grad_norm, skipped = self._train_step(self._next_batch())
                 self.step += 1
+                if cfg.fit_to_budget and self.step - first_step in (cfg.fit_to_budget // 2, cfg.fit_to_budget):
+                    if self.ctx.device.type == "cuda":
+                        torch.cuda.synchronize(self.ctx.device)  # the steps queued so far count in the time
+                    if self.step - first_step == cfg.fit_to_budget:
+                        self._fit_to_budget(first_step, timed_from if timed_from is not None else 0.0)
+                    else:
+                        timed_from = self._elapsed()
                 window["loss"].append(loss)
                 window["skipped"].append(skipped)
                 if not skipped:

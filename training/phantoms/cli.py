@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--out", type=Path, required=True, help="dataset root folder")
         command.add_argument("--n", type=_positive, default=1, help="number of cases")
         command.add_argument("--seed", type=_non_negative, default=0, help="dataset seed")
+        if name != "ixi":
+            command.add_argument("--workers", type=_positive, default=1,
+                                 help="cases written in parallel processes (the same files as one at a time)")
         if name == "ixi":
             command.add_argument("--scale", type=float, default=1.0, help="voxels per axis relative to IXI's")
         else:
@@ -78,11 +81,12 @@ def write(args: argparse.Namespace) -> list[Path]:
     from . import figures, layouts, samples
 
     if args.what == "brats":
-        cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape, acquisition=args.acquisition)
+        cases = layouts.write_brats_dataset(args.out, args.n, args.seed, args.shape, acquisition=args.acquisition,
+                                            workers=args.workers)
     elif args.what == "btcv":
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
                                            acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast,
-                                           oral_contrast_share=args.oral_contrast_share)
+                                           oral_contrast_share=args.oral_contrast_share, workers=args.workers)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":

@@ -15,6 +15,7 @@ info}}, merged with the entries already there; the dataset readers ignore the fi
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +69,22 @@ def write_brats_case(root, number: int, seed: int, shape=None, acquisition: str 
     return _write_brats_case(root, number, seed, shape, acquisition)[0]
 
 
+def _write_cases(write_case, arguments: list[tuple], workers: int) -> list[tuple[dict[str, Path], dict]]:
+    """write_case(*each) in order; with workers > 1 in that many processes (each case draws from its own seed, so
+    the files are the same either way)."""
+    if workers <= 1 or len(arguments) <= 1:
+        return [write_case(*each) for each in arguments]
+    with ProcessPoolExecutor(max_workers=min(workers, len(arguments))) as pool:
+        return list(pool.map(write_case, *zip(*arguments)))
+
+
 def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0,
-                        acquisition: str = "fixed") -> list[dict[str, Path]]:
+                        acquisition: str = "fixed", workers: int = 1) -> list[dict[str, Path]]:
     check_profile(acquisition)
-    cases, records = [], {}
-    for i in range(n):
-        paths, records[brats_case_name(start + i)] = _write_brats_case(root, start + i, case_seed(seed, i), shape,
-                                                                       acquisition)
-        cases.append(paths)
-    write_acquisitions(root, records)
-    return cases
+    written = _write_cases(_write_brats_case, [(root, start + i, case_seed(seed, i), shape, acquisition)
+                                               for i in range(n)], workers)
+    write_acquisitions(root, {brats_case_name(start + i): record for i, (_, record) in enumerate(written)})
+    return [paths for paths, _ in written]
 
 
 def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str,
@@ -101,24 +108,23 @@ ORAL_CONTRAST_RANGE_HU = (150.0, 350.0)  # positive oral contrast in the bowel, 
 
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
                        acquisition: str = "fixed", oral_contrast_hu: float | None = None,
-                       oral_contrast_share: float = 0.0) -> list[dict]:
+                       oral_contrast_share: float = 0.0, workers: int = 1) -> list[dict]:
     """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct); else
     oral_contrast_share: that share of the cases (drawn per case from its seed) with oral contrast at an HU drawn
     from ORAL_CONTRAST_RANGE_HU. The cases are otherwise those of the same seed without it."""
     check_profile(acquisition)
     if not 0.0 <= oral_contrast_share <= 1.0:
         raise ValueError(f"oral_contrast_share must be between 0 and 1, got {oral_contrast_share!r}")
-    cases, records = [], {}
+    arguments = []
     for i in range(n):
         oral = oral_contrast_hu
         if oral is None and oral_contrast_share:
             draw = np.random.default_rng([case_seed(seed, i), 29])  # its own stream: the case's other draws stay
             oral = float(draw.uniform(*ORAL_CONTRAST_RANGE_HU)) if draw.random() < oral_contrast_share else None
-        paths, records[f"{start + i:04d}"] = _write_btcv_case(root, start + i, case_seed(seed, i), shape, spacing,
-                                                              acquisition, oral)
-        cases.append(paths)
-    write_acquisitions(root, records)
-    return cases
+        arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral))
+    written = _write_cases(_write_btcv_case, arguments, workers)
+    write_acquisitions(root, {f"{start + i:04d}": record for i, (_, record) in enumerate(written)})
+    return [paths for paths, _ in written]
 
 
 IXI_T1 = ((256, 256, 150), (0.9375, 0.9375, 1.2))  # sagittal: i posterior, j superior, k right
