@@ -172,6 +172,52 @@ def test_fit_to_budget_never_raises_max_steps_and_needs_a_budget(tmp_path):
     assert result.step == 6 and result.stopped_by == "max_steps"
     with pytest.raises(InputError, match="--fit-to-budget needs a --time-budget"):
         run(tmp_path / "none", fit_to_budget=2)
+    with pytest.raises(InputError, match="--fit-to-budget must be 0"):
+        run(tmp_path / "one", time_budget=60, fit_to_budget=1)
+
+
+def test_a_resumed_fitted_run_ends_the_decay_it_was_fitted_to(tmp_path):
+    settings = dict(max_steps=1000, time_budget=40, fit_to_budget=4, lr_schedule="cosine", warmup_steps=2)
+    first = Trainer(ToyRecipe(None, name=TOY), TrainConfig(out_dir=str(tmp_path), batch_size=8, lr=1e-2, log_every=1,
+                                                           device="cpu", progress=False, **settings))
+    # Two seconds a step; after step 10 the clock jumps past the budget (a pre-emption, as far as the run knows).
+    first.clock = lambda: 2.0 * first.step + (1000.0 if first.step >= 10 else 0.0)
+    stopped = first.fit()
+    # Steps 3-4: 0.5 steps/s; 95% of the 32 s left is 15 more steps.
+    assert stopped.stopped_by == "time_budget" and stopped.step == 10 and first.config.max_steps == 19
+    resumed = Trainer(ToyRecipe(None, name=TOY), TrainConfig(out_dir=str(tmp_path), batch_size=8, lr=1e-2, log_every=1,
+                                                             device="cpu", progress=False, resume="auto", **settings))
+    resumed.clock = lambda: 2.0 * resumed.step
+    finished = resumed.fit()
+    assert finished.stopped_by == "max_steps" and finished.step == 19 and resumed.config.max_steps == 19
+    logged = [float(r["lr"]) for r in read_rows(tmp_path / "train_log.csv")]
+    expected = [1e-2 * lr_factor(s, schedule="cosine", warmup_steps=2, total_steps=19) for s in range(19)]
+    assert len(logged) == 19 and logged[4:] == pytest.approx(expected[4:])  # one decay across the resume
+
+
+def test_fit_to_budget_shortens_a_warm_up_longer_than_the_fitted_run(tmp_path, capsys):
+    ticks = iter(range(10_000))
+    trainer, result = run(tmp_path, max_steps=1000, time_budget=40, fit_to_budget=4, lr_schedule="cosine",
+                          warmup_steps=50, clock=lambda: float(next(ticks)))
+    assert result.step == 15 and trainer.config.warmup_steps == 3
+    logged = [float(r["lr"]) for r in read_rows(tmp_path / "train_log.csv")]
+    assert logged[-1] < 0.02 * 1e-2  # decayed: a 50-step warm-up would have ended this run at 30% of the peak
+    assert "warm-up shortened to 3 steps" in capsys.readouterr().err
+
+
+def test_a_budget_that_runs_out_before_the_fit_says_so(tmp_path, capsys):
+    ticks = iter(range(10_000))
+    _, result = run(tmp_path, max_steps=1000, time_budget=10, fit_to_budget=100, clock=lambda: float(next(ticks)))
+    assert result.stopped_by == "time_budget" and result.step < 100
+    assert "ran out before step 100 of --fit-to-budget" in capsys.readouterr().err
+
+
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(tmp_path):
+    run(tmp_path, max_steps=2)
+    with pytest.raises(InputError, match="already holds an earlier run's checkpoints.*--resume auto"):
+        run(tmp_path, max_steps=4)
+    _, resumed = run(tmp_path, max_steps=4, resume="auto")
+    assert resumed.step == 4
 
 
 def test_on_start_values_are_recorded_and_survive_resume(tmp_path):

@@ -7,7 +7,8 @@
 #   bash training/train_bundled.sh [sdseg-v5|sdseg-v5-unet|eval-v5]   union SDSeg 0.5.0 (see below)
 #   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
 #   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen|eval-v7]   union SDSeg 0.7.0: decoder trained (below)
-#   bash training/train_bundled.sh [data-v8|sdseg-v8|sdseg-v8-scratch|sdseg-v8-unet|eval-v8-val]   on one GPU (below)
+#   bash training/train_bundled.sh [data-v8|sdseg-v8|sdseg-v8-scratch|sdseg-v8-unet|eval-v8-val|eval-v8]   0.8.0, on one GPU
+#   bash training/train_bundled.sh [ae-probe-z4|ae-probe-z8]   mask autoencoder round trip with 4 / 8 latent channels
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -311,7 +312,8 @@ fi
 #   sdseg-v8-unet     the plain UNet baseline from scratch, for the scratch chain's total time
 # All on data-v6's subjects, batch 16, no EMA (each cosine ends at its floor; raw weights exported). data-v8 writes
 # a validation set (other subjects, the train profile) to choose between the two SDSeg candidates without looking
-# at the test sets; eval-v8-val scores both on it.
+# at the test sets; eval-v8-val scores both on it. A rerun needs the earlier run folders removed (the trainer refuses an
+# out dir that holds checkpoints unless it resumes).
 SDSEG_V8_SECONDS=${SDSEG_V8_SECONDS:-320}
 SDSEG_V7_COMMIT=0d9a286  # the commit that bundled 0.7.0: the start of sdseg-v8
 v8_common=(--recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.8.0 --optimizer adamw
@@ -327,7 +329,7 @@ if [[ $what == sdseg-v8 ]]; then
   bundled_at "$SDSEG_V7_COMMIT" "$v7"
   train "${v8_common[@]}" --set stage=ldm --set init="$v7" --set finetune=true --set latent_targets=false \
     --set train_mask_decoder=true --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-v8" \
-    --lr 1e-4 --warmup-steps 50 --time-budget $SDSEG_V8_SECONDS
+    --lr 1e-4 --warmup-steps 50 --time-budget "$SDSEG_V8_SECONDS"
   export_model "$RUNS/sdseg-v8" "$RUNS/sdseg-v8-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 if [[ $what == sdseg-v8-scratch ]]; then
@@ -344,13 +346,28 @@ if [[ $what == sdseg-v8-scratch ]]; then
 fi
 if [[ $what == sdseg-v8-unet ]]; then
   train "${v8_common[@]}" --set stage=segunet --set name=segunet-tiny-phantom --out-dir "$RUNS/sdseg-v8-segunet" --lr 1e-3 \
-    --warmup-steps 50 --time-budget $SDSEG_V8_SECONDS
+    --warmup-steps 50 --time-budget "$SDSEG_V8_SECONDS"
   export_model "$RUNS/sdseg-v8-segunet" "$RUNS/segunet-v8-tiny-phantom" --raw-weights --dtype float16
 fi
 if [[ $what == eval-v8-val ]]; then
   "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --precision fp32 \
     --device "${DEVICE:-cuda}" --model "$RUNS/sdseg-v8-tiny-phantom" --compare "$RUNS/sdseg-v8-scratch-tiny-phantom" \
     --out "$RUNS/eval-v8-val" --command-note "Validation phantoms (data-v8)."
+fi
+# ae-probe-z4 / ae-probe-z8: how far the tiny mask autoencoder's round trip goes with more training than the 150 steps
+# the bundled union model's got (0.1.0), with its 4 latent channels and with 8 (the rest of "tiny" alike); the two run
+# side by side (THREADS=1 each), each cosine fitted to AE_PROBE_SECONDS; then `python -m training roundtrip` on the
+# in-distribution test split. A probe for the next architecture, not a bundled model.
+if [[ $what == ae-probe-z4 || $what == ae-probe-z8 ]]; then
+  channels=${what#ae-probe-z}
+  tiny_z=$("$PY" -c "import json, sys; from MedDiffusionExtension.models import SDSEG_CONFIGS as c
+print(json.dumps({**c['tiny'], 'latent_channels': int(sys.argv[1])}))" "$channels")
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set "architecture=$tiny_z" \
+    --set stage=autoencoder --optimizer adamw --lr-schedule cosine --batch-size 8 --lr 1e-3 --warmup-steps 20 \
+    --max-steps 100000 --fit-to-budget 20 --time-budget "${AE_PROBE_SECONDS:-1200}" --device cpu --out-dir "$RUNS/$what"
+  export_model "$RUNS/$what" "$RUNS/$what/model"
+  "$PY" -m training roundtrip --model "$RUNS/$what/model" --data-root data/btcv_phantoms_v2 --cache-dir cache/sdseg-v2 \
+    --split test --out "docs/evaluation/sdseg/roundtrip-$what.json"
 fi
 if [[ $what == cdm-v4 ]]; then
   [[ -f $RUNS/cdm-mdn-v3/model/model.safetensors ]] || export_model "$RUNS/cdm-mdn-v3" "$RUNS/cdm-mdn-v3/model"

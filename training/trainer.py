@@ -106,7 +106,7 @@ class TrainConfig:
             (self.log_every >= 1 and self.ckpt_every >= 1, "--log-every and --ckpt-every must be >= 1"),
             (self.warmup_steps >= 0 and self.num_workers >= 0, "--warmup-steps and --num-workers must be >= 0"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0 seconds"),
-            (self.fit_to_budget >= 0, "--fit-to-budget must be >= 0 steps"),
+            (self.fit_to_budget == 0 or self.fit_to_budget >= 2, "--fit-to-budget must be 0 (off) or >= 2 steps"),
             (not self.fit_to_budget or self.time_budget is not None, "--fit-to-budget needs a --time-budget to fit"),
             (not self.fit_to_budget or self.schedule_steps is None,
              "--fit-to-budget sets the decay length itself: leave out --schedule-steps"),
@@ -215,6 +215,7 @@ class Trainer:
         self._iterator = None
         self.model: nn.Module | None = None
         self.resumed_from: Path | None = None
+        self._fitted = False  # --fit-to-budget has set this run's step count
         self.ema = None
         self.logger: RunLogger | None = None
 
@@ -223,6 +224,13 @@ class Trainer:
     def _resume_state(self) -> dict[str, Any] | None:
         resume, ctx = self.config.resume, self.ctx
         if not resume:
+            # A fresh run would mix its checkpoints with an earlier run's (export takes the highest step, pruning
+            # the oldest): refuse rather than lose either.
+            earlier = latest_checkpoint(self.out_dir) if ctx.is_main else None
+            earlier = broadcast_from_main(ctx, None if earlier is None else str(earlier))
+            if earlier is not None:
+                raise InputError(f"{self.out_dir} already holds an earlier run's checkpoints ({Path(earlier).name}): "
+                                 "pass --resume auto to continue it, or another --out-dir")
             return None
         # Rank 0 decides for everyone: only rank 0 writes checkpoints, so with node-local out dirs the other
         # nodes' folders hold none (or stale ones), and ranks resolving `auto` each for itself would start at
@@ -350,6 +358,12 @@ class Trainer:
                 warnings.warn("checkpoint has no EMA; the EMA starts from the resumed weights", stacklevel=3)
         self.step, self.epoch = state["step"], state["epoch"]
         self._wall_before = float(state["wall_seconds"])
+        saved = state.get("train_config") or {}
+        if self.config.fit_to_budget and saved.get("fit_to_budget") and saved["max_steps"] < self.config.max_steps:
+            # The fit happens once per run: a resume (after a pre-emption, say) ends the decay fitted before.
+            self.config.max_steps, self.config.warmup_steps = int(saved["max_steps"]), int(saved["warmup_steps"])
+            self.scheduler.lr_lambdas[0] = schedule_factor(**self._schedule(self.config.max_steps))
+            self._fitted = True
         self._saved_step = self.step
         position = state["data_position"]
         consumed = position["batches_in_epoch"] * position["batch_size"] * position["world_size"]
@@ -436,6 +450,7 @@ class Trainer:
     # Of the steps before --fit-to-budget, the first half warm up (CUDA kernels chosen, data workers started) and are
     # not timed; the rate is that of the second half. What the measured rate promises is kept at 95%.
     FIT_MARGIN = 0.95
+    FIT_MAX_WARMUP = 0.2  # a fitted run shorter than 5x its warm-up gets a fifth of its steps as warm-up
 
     def _fit_to_budget(self, first_step: int, timed_from: float) -> None:
         """Lower max_steps (and the decay length) to what the step rate measured since timed_from fits in the time
@@ -446,8 +461,13 @@ class Trainer:
         left = cfg.time_budget - self._elapsed()
         fitted = self.step + max(1, int(self.FIT_MARGIN * left / max(seconds_per_step, 1e-9)))
         fitted = int(broadcast_from_main(self.ctx, {"max_steps": min(cfg.max_steps, fitted)})["max_steps"])
+        self._fitted = True
         if fitted < cfg.max_steps:
             cfg.max_steps = fitted
+            if cfg.warmup_steps > self.FIT_MAX_WARMUP * fitted:
+                cfg.warmup_steps = int(self.FIT_MAX_WARMUP * fitted)
+                if self.ctx.is_main:
+                    print(f"fit to the time budget: warm-up shortened to {cfg.warmup_steps} steps", file=sys.stderr)
             factor = self.scheduler.lr_lambdas[0] = schedule_factor(**self._schedule(fitted))
             for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
                 group["lr"] = base_lr * factor(self.scheduler.last_epoch)  # the next update already on the new decay
@@ -566,11 +586,12 @@ class Trainer:
             while (stopped_by := self._stop_reason()) is None:
                 loss, metrics, grad_norm, skipped = self._train_step(self._next_batch())
                 self.step += 1
-                if cfg.fit_to_budget and self.step - first_step in (cfg.fit_to_budget // 2, cfg.fit_to_budget):
+                if cfg.fit_to_budget and not self._fitted and self.step - first_step in (cfg.fit_to_budget // 2,
+                                                                                         cfg.fit_to_budget):
                     if self.ctx.device.type == "cuda":
                         torch.cuda.synchronize(self.ctx.device)  # the steps queued so far count in the time
                     if self.step - first_step == cfg.fit_to_budget:
-                        self._fit_to_budget(first_step, timed_from if timed_from is not None else 0.0)
+                        self._fit_to_budget(first_step, timed_from)
                     else:
                         timed_from = self._elapsed()
                 window["loss"].append(loss)
@@ -588,6 +609,9 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0:
                     checkpoint = self.save()
             self._log_window(window)
+            if cfg.fit_to_budget and not self._fitted and stopped_by == "time_budget" and self.ctx.is_main:
+                print(f"the time budget ran out before step {cfg.fit_to_budget} of --fit-to-budget: the schedule was "
+                      "not fitted (lower --fit-to-budget or raise --time-budget)", file=sys.stderr, flush=True)
             if self._saved_step != self.step:
                 checkpoint = self.save()
             elif checkpoint is None:

@@ -56,7 +56,7 @@ class MedDiffusionSegmentation(ScriptedLoadableModule):  # noqa: F405
             "(standard terminology) as the model card says; a multi-organ model can be limited to some organs. "
             "With several samples, the mean probability is added as a volume (one per organ). Steps > 1 runs DDIM "
             "sampling instead of the single step; a model trained for the single step only (the bundled union "
-            "model) scores lower that way, and the status says so.")
+            "model) scores far lower that way, down to empty segments: keep Steps at 1. The status says so.")
         self.parent.acknowledgementText = _(
             "Method: Lin et al., Stable Diffusion Segmentation for Biomedical Images with Single-step Reverse "
             "Process, MICCAI 2024. The bundled models are small models trained on synthetic phantoms.")
