@@ -59,7 +59,8 @@ class TrainConfig:
     fit_to_budget: int = field(
         default=0,
         metadata={"help": "after this many steps, measure the step rate and lower --max-steps (and the LR decay with "
-                          "it) to what fits in --time-budget, so the schedule ends with the budget on any machine (0: off)"},
+                          "it) to what fits in --time-budget, so the schedule ends with the budget on any machine; a "
+                          "resume keeps the fitted count (resume without it to set another) (0: off)"},
     )
     batch_size: int = field(default=8, metadata={"help": "items per process per step"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
@@ -361,7 +362,8 @@ class Trainer:
         saved = state.get("train_config") or {}
         if self.config.fit_to_budget and saved.get("fit_to_budget") and saved["max_steps"] < self.config.max_steps:
             # The fit happens once per run: a resume (after a pre-emption, say) ends the decay fitted before.
-            self.config.max_steps, self.config.warmup_steps = int(saved["max_steps"]), int(saved["warmup_steps"])
+            self.config.max_steps = int(saved["max_steps"])
+            self.config.warmup_steps = int(saved.get("warmup_steps", self.config.warmup_steps))
             self.scheduler.lr_lambdas[0] = schedule_factor(**self._schedule(self.config.max_steps))
             self._fitted = True
         self._saved_step = self.step
