@@ -9,6 +9,7 @@
 #   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen|eval-v7]   union SDSeg 0.7.0: decoder trained (below)
 #   bash training/train_bundled.sh [data-v8|sdseg-v8|sdseg-v8-scratch|sdseg-v8-unet|eval-v8-val|eval-v8]   0.8.0, on one GPU
 #   bash training/train_bundled.sh [ae-probe-z4|ae-probe-z8]   mask autoencoder round trip with 4 / 8 latent channels
+#   bash training/train_bundled.sh [organs-v4|eval-organs-v4]   organ SDSeg 0.2.0 (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -486,6 +487,41 @@ if [[ $what == organs-v3-unet ]]; then
     --set name=segunet-organs-tiny-phantom --out-dir "$RUNS/segunet-organs3" --max-steps ${ORGANS_UNET3_STEPS:-600} \
     --time-budget $ORGANS_LDM3_SECONDS --lr 5e-4 --warmup-steps 20 --ema-decay 0.995
   export_model "$RUNS/segunet-organs3" "$RUNS/segunet-organs3-tiny-phantom"
+fi
+
+# organ SDSeg 0.2.0 (organs-v4): the bundled 0.1.0 (inference-only) trained further as the union model 0.7.0 was: the
+# single step end to end (pure noise at T - 1, the decoded-mask loss: cross-entropy + soft Dice over the 13 organs,
+# the mask decoder trained too), on data-v6's subjects (positive oral contrast in 6 of 10), its cosine fitted to
+# ORGANS_V4_SECONDS on this 2-core CPU. No UNet beside it (the 2 cores were its). eval-organs-v4 scores it against
+# 0.1.0 (as extracted from git), after the export was copied to Resources/Models.
+ORGANS_V1_COMMIT=fa0f382  # a commit that holds the bundled organ model 0.1.0
+if [[ $what == organs-v4 ]]; then
+  v1="$RUNS/sdseg-organs-0.1.0-bundled"
+  if [[ ! -f $v1/model.safetensors ]]; then
+    mkdir -p "$v1"
+    for file in card.json model.safetensors; do
+      git show "$ORGANS_V1_COMMIT:Resources/Models/sdseg-organs-tiny-phantom/$file" > "$v1/$file"
+    done
+  fi
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.2.0 \
+    --set "organs=$ORGANS" --set mask_encoding=onehot --set name=sdseg-organs-tiny-phantom --set stage=ldm \
+    --set init="$v1" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
+    --set mask_loss_weight=1.0 --set last_step_fraction=1.0 --optimizer adamw --lr-schedule cosine --batch-size 8 \
+    --lr 2e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "${ORGANS_V4_SECONDS:-2700}" \
+    --device cpu --out-dir "$RUNS/organs-v4"
+  export_model "$RUNS/organs-v4" "$RUNS/sdseg-organs-v4-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == eval-organs-v4 ]]; then
+  organs_eval() { "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --core --no-memory \
+    --update-card --precision fp32 --compare "$RUNS/sdseg-organs-0.1.0-bundled" "$@"; }
+  if part organs-in; then
+    organs_eval --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg-organs \
+      --command-note "Phantoms of randomized acquisitions (profile train)."
+  fi
+  if part organs-shifted; then
+    organs_eval --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-organs-shifted \
+      --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
