@@ -25,12 +25,13 @@ from=${FROM:-}
 run_stage() { [[ -z $from || $from == "$1" ]] && { from=; return 0; }; return 1; }
 part() { [[ -z ${SET:-} || $SET == "$1" ]]; }  # SET=<part> runs one part of an eval-* block
 export_model() { "$PY" -m training export --checkpoint "$1" --out "$2" "${@:3}"; }
-# bundled_at COMMIT FOLDER: the union SDSeg as Resources/Models held it at COMMIT (a start for a later version)
+# bundled_at COMMIT FOLDER [MODEL]: a bundled model (default the union SDSeg) as Resources/Models held it at COMMIT
+# (a start for a later version)
 bundled_at() {
   [[ -f $2/model.safetensors ]] && return 0
   mkdir -p "$2"
   for file in card.json model.safetensors; do
-    git show "$1:Resources/Models/sdseg-tiny-phantom/$file" > "$2/$file"
+    git show "$1:Resources/Models/${3:-sdseg-tiny-phantom}/$file" > "$2/$file"
   done
 }
 
@@ -497,12 +498,7 @@ fi
 ORGANS_V1_COMMIT=fa0f382  # a commit that holds the bundled organ model 0.1.0
 if [[ $what == organs-v4 ]]; then
   v1="$RUNS/sdseg-organs-0.1.0-bundled"
-  if [[ ! -f $v1/model.safetensors ]]; then
-    mkdir -p "$v1"
-    for file in card.json model.safetensors; do
-      git show "$ORGANS_V1_COMMIT:Resources/Models/sdseg-organs-tiny-phantom/$file" > "$v1/$file"
-    done
-  fi
+  bundled_at "$ORGANS_V1_COMMIT" "$v1" sdseg-organs-tiny-phantom
   train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.2.0 \
     --set "organs=$ORGANS" --set mask_encoding=onehot --set name=sdseg-organs-tiny-phantom --set stage=ldm \
     --set init="$v1" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
