@@ -462,7 +462,7 @@ class Trainer:
         seconds_per_step = (self._elapsed() - timed_from) / max(1, timed_steps)
         left = cfg.time_budget - self._elapsed()
         fitted = self.step + max(1, int(self.FIT_MARGIN * left / max(seconds_per_step, 1e-9)))
-        fitted = int(broadcast_from_main(self.ctx, {"max_steps": min(cfg.max_steps, fitted)})["max_steps"])
+        fitted = int(broadcast_from_main(self.ctx, {"max_steps": fitted})["max_steps"])
         self._fitted = True
         if fitted < cfg.max_steps:
             cfg.max_steps = fitted
