@@ -8,6 +8,7 @@
 #   bash training/train_bundled.sh [data-v6|sdseg-v6|eval-v6]   union SDSeg 0.6.0: oral contrast (see below)
 #   bash training/train_bundled.sh [sdseg-v7|sdseg-v7-frozen|eval-v7]   union SDSeg 0.7.0: decoder trained (below)
 #   bash training/train_bundled.sh [data-v8|sdseg-v8|sdseg-v8-scratch|sdseg-v8-unet|eval-v8-val|eval-v8]   0.8.0, on one GPU
+#   bash training/train_bundled.sh [data-v9|sdseg-v9|eval-v9]   union SDSeg 0.9.0: abdomen-pelvis scans (below)
 #   bash training/train_bundled.sh [ae-probe-z4|ae-probe-z8]   mask autoencoder round trip with 4 / 8 latent channels
 #   bash training/train_bundled.sh [organs-v4|eval-organs-v4]   organ SDSeg 0.2.0 (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
@@ -355,6 +356,32 @@ if [[ $what == eval-v8-val ]]; then
   "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --precision fp32 \
     --device "${DEVICE:-cuda}" --model "$RUNS/sdseg-v8-tiny-phantom" --compare "$RUNS/sdseg-v8-scratch-tiny-phantom" \
     --out "$RUNS/eval-v8-val" --command-note "Validation phantoms (data-v8)."
+fi
+# 0.9.0 (sdseg-v9): 0.8.0 trained further as 0.8.0 was (single step end to end, decoder trained) on the same subjects,
+# half of them now scanned abdomen-pelvis (--pelvis-share 0.5: the pelvis drawn below the abdomen, unlabelled, the
+# field reaching past the symphysis). 0.8.0 had never seen the pelvis and labelled much of it (Dice 0.70 on
+# abdomen-pelvis phantoms). data-v9 writes the training set and two abdomen-pelvis test sets: other subjects under
+# the train profile, and the shifted set's subjects and scanners scanned abdomen-pelvis. On this 2-core CPU, with
+# the cosine fitted to SDSEG_V9_SECONDS. eval-v9 (below, with eval-v8) adds the two abdomen-pelvis reports.
+SDSEG_V9_SECONDS=${SDSEG_V9_SECONDS:-3600}
+SDSEG_V8_COMMIT=5b5ff4c  # the commit that bundled 0.8.0: the start of sdseg-v9
+if [[ $what == data-v9 ]]; then
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_v9 --n 16 --seed 0 --acquisition train \
+    --oral-contrast-share 0.5 --pelvis-share 0.5 --workers 2
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_pelvis --n 6 --seed 3000 --acquisition train --pelvis \
+    --oral-contrast-share 0.5 --workers 2
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_pelvis_shifted --n 6 --seed 1000 --acquisition shifted \
+    --pelvis --workers 2
+fi
+if [[ $what == sdseg-v9 ]]; then
+  v8="$RUNS/sdseg-0.8.0-bundled"
+  bundled_at "$SDSEG_V8_COMMIT" "$v8"
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v9 --set cache_dir=cache/sdseg-v9 --set version=0.9.0 \
+    --optimizer adamw --lr-schedule cosine --set stage=ldm --set init="$v8" --set finetune=true --set latent_targets=false \
+    --set train_mask_decoder=true --set mask_loss_weight=10.0 --set last_step_fraction=1.0 --out-dir "$RUNS/sdseg-v9" \
+    --batch-size 8 --lr 1e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "$SDSEG_V9_SECONDS" \
+    --device cpu
+  export_model "$RUNS/sdseg-v9" "$RUNS/sdseg-v9-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
 # ae-probe-z4 / ae-probe-z8: how far the tiny mask autoencoder's round trip goes with more training than the 150 steps
 # the bundled union model's got (0.1.0), with its 4 latent channels and with 8 (the rest of "tiny" alike); the two run

@@ -33,6 +33,7 @@ outside the train intervals.
 |                                  | 15 %: 0.80-0.95 x trunk width (>= 307)  |                                          |
 | slice thickness = spacing (mm)   | 1.5-4.5                                 | 5.0-7.0 (disjoint)                       |
 | z coverage (mm)                  | 200-260, at most 128 slices             | 200-260                                  |
+| z coverage, abdomen-pelvis (mm)  | drawn top to 10-40 below the symphysis, at most 160 slices (thicker if needed) | same |
 | table in view                    | 80 %                                    | 100 %                                    |
 | arms beside the trunk            | 30 %                                    | 100 %                                    |
 | patient off-centre x, y (mm)     | +-25, +-20                              | +-25, |y| 25-45 (disjoint in |y|)        |
@@ -71,7 +72,7 @@ on that many voxels; a CT spacing alone keeps the drawn field of view at that sp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -304,6 +305,24 @@ def draw_ct_acquisition(seed: int, profile: str, trunk_half_width: float, field_
     centre = (float(field_centre_ras[0]), float(field_centre_ras[1]), float(field_centre_ras[2]) + shift_z)
     return CTAcquisition(profile, phase, hu, dict(PHASE_TEXTURE.get(phase, {})), noise, psf, corr, fov, pixel,
                          thickness, n_slices, centre, (shift_x, shift_y), table, arms, anatomy)
+
+
+# Abdomen-pelvis scans (phantoms btcv --pelvis / --pelvis-share): the drawn field keeps its top and reaches down
+# past the pubic symphysis; at most this many slices (thicker ones when the drawn thickness would need more, as
+# abdomen-pelvis series are usually read at 3-5 mm).
+CT_PELVIS = {"below_symphysis_mm": (10.0, 40.0), "max_slices": 160}
+
+
+def reach_down_to_pelvis(acquisition: CTAcquisition, symphysis_bottom_z: float, seed: int) -> CTAcquisition:
+    """The acquisition with its field extended down to below the symphysis (top kept, same in-plane grid)."""
+    rng = np.random.default_rng([seed, 11, 31])
+    top = acquisition.centre_ras[2] + 0.5 * acquisition.n_slices * acquisition.thickness_mm
+    bottom = symphysis_bottom_z - _u(rng, CT_PELVIS["below_symphysis_mm"])
+    coverage = top - bottom
+    thickness = max(acquisition.thickness_mm, round(coverage / CT_PELVIS["max_slices"], 2))
+    n_slices = int(np.ceil(coverage / thickness))
+    centre = (acquisition.centre_ras[0], acquisition.centre_ras[1], top - 0.5 * n_slices * thickness)
+    return replace(acquisition, thickness_mm=thickness, n_slices=n_slices, centre_ras=centre)
 
 
 # --- MRI ---------------------------------------------------------------------------------------------------------

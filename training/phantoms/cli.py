@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             oral.add_argument("--oral-contrast-share", type=_share, default=0.0, metavar="P",
                               help="that share of the cases (drawn per case) with oral contrast at 150-350 HU; the "
                                    "others as without it")
+            pelvis = command.add_mutually_exclusive_group()
+            pelvis.add_argument("--pelvis", action="store_const", const=1.0, dest="pelvis_share", default=0.0,
+                                help="abdomen-pelvis scans: the pelvis drawn below the abdomen (unlabelled: iliac "
+                                     "vessels, pelvic bones, femoral heads, bladder, rectum) and each field extended "
+                                     "down past the symphysis; needs --acquisition train or shifted")
+            pelvis.add_argument("--pelvis-share", type=_share, default=0.0, metavar="P",
+                                help="that share of the cases (drawn per case) scanned abdomen-pelvis (see --pelvis)")
         if name != "ixi":
             command.add_argument("--acquisition", choices=PROFILES, default="fixed",
                                  help="scanner and protocol per case: fixed (the original single acquisition), "
@@ -86,7 +93,8 @@ def write(args: argparse.Namespace) -> list[Path]:
     elif args.what == "btcv":
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
                                            acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast,
-                                           oral_contrast_share=args.oral_contrast_share, workers=args.workers)
+                                           oral_contrast_share=args.oral_contrast_share, workers=args.workers,
+                                           pelvis_share=args.pelvis_share)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":

@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from .acquisition import CT_ANATOMY, CTAcquisition, check_profile, draw_ct_acquisition, draw_ct_anatomy
+from .acquisition import (CT_ANATOMY, CTAcquisition, check_profile, draw_ct_acquisition, draw_ct_anatomy,
+                          reach_down_to_pelvis)
 from .ct_anatomy import AbdomenSubject, Solid, draw_abdomen, vary_abdomen
+from .ct_pelvis import paint_pelvis, with_pelvis
 from .geometry import Grid, lps_grid, parse_shape
 from .shapes import Ellipsoid, Tube
 
@@ -235,7 +237,8 @@ def _paint_muscles(canvas: _Canvas):
 def _paint_spine(canvas: _Canvas):
     subject, hu = canvas.subject, canvas.subject.hu
     spine = subject.spine
-    low = np.array([-70.0, spine.canal_y - spine.canal_radius - 35.0, -1e4])
+    bottom = -1e4 if subject.pelvis is None else subject.pelvis.promontory_z  # the sacrum continues it
+    low = np.array([-70.0, spine.canal_y - spine.canal_radius - 35.0, bottom])
     high = np.array([70.0, spine.front + 2.0, 1e4])
     region = canvas.grid.region(low, high)
     if region is None:
@@ -437,6 +440,7 @@ def _paint_inside(canvas: _Canvas):
     _paint_bowel(canvas)
     _paint_muscles(canvas)
     _paint_organs(canvas)
+    paint_pelvis(canvas)
     _paint_spine(canvas)
     _paint_ribs(canvas)
 
@@ -479,14 +483,20 @@ def acquired_subject(seed: int, profile: str) -> tuple[AbdomenSubject, CTAcquisi
 
 
 def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None,
-                acquisition: str | CTAcquisition = "fixed", oral_contrast_hu: float | None = None) -> CTPhantom:
+                acquisition: str | CTAcquisition = "fixed", oral_contrast_hu: float | None = None,
+                pelvis: bool = False) -> CTPhantom:
     """One case. acquisition 'fixed' (default): shape (NIfTI order) and spacing default to 512 x 512 x 100 voxels
     of 0.8 x 0.8 x 2.5 mm and enhancement (0 native, 1 portal venous) is drawn per case when None. 'train' or
     'shifted' (or a CTAcquisition, e.g. a drawn one with fields replaced): the acquisition decides grid, phase and
     kernel; shape and spacing, when given, force the grid (see CTAcquisition.grid); enhancement is ignored.
     oral_contrast_hu: positive oral contrast, the fluid in the stomach, duodenum and small bowel at this HU (the
-    same case otherwise; no profile draws it)."""
+    same case otherwise; no profile draws it). pelvis: an abdomen-pelvis scan (ct_pelvis; randomized profiles
+    only): the same patient with the pelvis drawn below, the field extended down past the symphysis."""
     if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
+        if pelvis:
+            from MedDiffusionExtension.errors import InputError
+            raise InputError("an abdomen-pelvis phantom needs a randomized acquisition: pass --acquisition train "
+                             "or shifted")
         subject, grid, acquisition = draw_abdomen(seed, enhancement), btcv_grid(shape, spacing), None
     else:
         if isinstance(acquisition, str):
@@ -495,12 +505,17 @@ def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None =
             subject = vary_abdomen(draw_abdomen(seed), acquisition.anatomy.fat_extra_mm,
                                    acquisition.anatomy.organ_scale, acquisition.hu, acquisition.texture_hu,
                                    CT_ANATOMY["min_fat_mm"])
+        if pelvis:
+            subject = with_pelvis(subject)
+            acquisition = reach_down_to_pelvis(acquisition, subject.pelvis.symphysis_bottom_z, seed)
         grid = acquisition.grid(shape, spacing)
     if oral_contrast_hu is not None:
         subject = replace(subject, hu={**subject.hu, ORAL_CONTRAST_KEY: float(oral_contrast_hu)})
     phantom = render_abdomen(subject, grid, acquisition)
     if oral_contrast_hu is not None:
         phantom.info["oral_contrast_hu"] = float(oral_contrast_hu)
+    if subject.pelvis is not None:
+        phantom.info["pelvis"] = subject.pelvis.landmarks()
     return phantom
 
 

@@ -11,6 +11,7 @@ Drawing is separate from rendering, so one seed gives the same patient on any gr
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from scipy.spatial.transform import Rotation
 
 from .fields import SmoothField, random_rotation
 from .shapes import Ellipsoid, Tube, smooth_tube
+
+if TYPE_CHECKING:
+    from .ct_pelvis import Pelvis
 
 # (native, portal venous) HU; the case's contrast phase interpolates between them.
 HU = {
@@ -141,6 +145,7 @@ class AbdomenSubject:
     noise_hu: float
     fields: dict[str, SmoothField] = field(default_factory=dict)
     texture_hu: dict[str, float] = field(default_factory=dict)  # organ texture amplitudes overriding the defaults
+    pelvis: Pelvis | None = None  # ct_pelvis.with_pelvis adds one (abdomen-pelvis scans)
 
 
 def _u(rng, low, high):

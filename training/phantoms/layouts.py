@@ -88,9 +88,10 @@ def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0,
 
 
 def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str,
-                     oral_contrast_hu: float | None = None) -> tuple[dict[str, Path], dict]:
+                     oral_contrast_hu: float | None = None, pelvis: bool = False) -> tuple[dict[str, Path], dict]:
     root = Path(root)
-    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition, oral_contrast_hu=oral_contrast_hu)
+    phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition, oral_contrast_hu=oral_contrast_hu,
+                          pelvis=pelvis)
     paths = {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
                                   np.int16),
              "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
@@ -108,20 +109,28 @@ ORAL_CONTRAST_RANGE_HU = (150.0, 350.0)  # positive oral contrast in the bowel, 
 
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
                        acquisition: str = "fixed", oral_contrast_hu: float | None = None,
-                       oral_contrast_share: float = 0.0, workers: int = 1) -> list[dict]:
+                       oral_contrast_share: float = 0.0, workers: int = 1, pelvis_share: float = 0.0
+                       ) -> list[dict]:
     """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct); else
     oral_contrast_share: that share of the cases (drawn per case from its seed) with oral contrast at an HU drawn
-    from ORAL_CONTRAST_RANGE_HU. The cases are otherwise those of the same seed without it."""
+    from ORAL_CONTRAST_RANGE_HU. pelvis_share: that share of the cases (drawn per case; 1.0 all) scanned
+    abdomen-pelvis (ct_pelvis). The cases are otherwise those of the same seed without either."""
     check_profile(acquisition)
-    if not 0.0 <= oral_contrast_share <= 1.0:
-        raise ValueError(f"oral_contrast_share must be between 0 and 1, got {oral_contrast_share!r}")
+    for name, share in (("oral_contrast_share", oral_contrast_share), ("pelvis_share", pelvis_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {share!r}")
+    if pelvis_share and acquisition == "fixed":
+        from MedDiffusionExtension.errors import InputError
+        raise InputError("abdomen-pelvis phantoms need a randomized acquisition: pass --acquisition train or shifted")
     arguments = []
     for i in range(n):
         oral = oral_contrast_hu
         if oral is None and oral_contrast_share:
             draw = np.random.default_rng([case_seed(seed, i), 29])  # its own stream: the case's other draws stay
             oral = float(draw.uniform(*ORAL_CONTRAST_RANGE_HU)) if draw.random() < oral_contrast_share else None
-        arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral))
+        pelvis = pelvis_share >= 1.0 or (pelvis_share > 0.0
+                                         and np.random.default_rng([case_seed(seed, i), 37]).random() < pelvis_share)
+        arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral, pelvis))
     written = _write_cases(_write_btcv_case, arguments, workers)
     write_acquisitions(root, {f"{start + i:04d}": record for i, (_, record) in enumerate(written)})
     return [paths for paths, _ in written]
