@@ -11,6 +11,7 @@
 #   bash training/train_bundled.sh [data-v9|sdseg-v9|eval-v9]   union SDSeg 0.9.0: abdomen-pelvis scans (below)
 #   bash training/train_bundled.sh [ae-probe-z4|ae-probe-z8]   mask autoencoder round trip with 4 / 8 latent channels
 #   bash training/train_bundled.sh [organs-v4|eval-organs-v4]   organ SDSeg 0.2.0 (below)
+#   bash training/train_bundled.sh [organs-v5|eval-organs-v5]   organ SDSeg 0.3.0: abdomen-pelvis scans (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -264,7 +265,7 @@ if [[ $what == sdseg-v6 ]]; then
     --max-steps ${SDSEG_V6_STEPS:-400} --batch-size 8 --lr 1e-4 --warmup-steps 20 --ema-decay 0.995 --time-budget $SDSEG_V6_SECONDS
   export_model "$RUNS/sdseg-ldm-v6" "$RUNS/sdseg-v6-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
-if [[ $what == eval-v6 || $what == eval-v7 || $what == eval-v8 ]]; then
+if [[ $what == eval-v6 || $what == eval-v7 || $what == eval-v8 || $what == eval-v9 ]]; then
   # After the export was copied to Resources/Models (card fields default, description, inference carried over).
   # No UNet row before eval-v8: the UNet of 0.5.0 was not kept. fp32 as the earlier reports (their machine's auto).
   # eval-v7 adds rows for its control (sdseg-v7-frozen) and for 0.6.0, the start of both (as sdseg-v7 extracted it);
@@ -273,12 +274,14 @@ if [[ $what == eval-v6 || $what == eval-v7 || $what == eval-v8 ]]; then
   compare=()
   [[ $what == eval-v7 ]] && compare=(--compare "$RUNS/sdseg-v7-frozen-tiny-phantom,$RUNS/sdseg-0.6.0-bundled")
   [[ $what == eval-v8 ]] && compare=(--baseline "$RUNS/segunet-v8-tiny-phantom" --compare "$RUNS/sdseg-0.7.0-bundled")
+  # eval-v9: 0.8.0, its start, as a row (sdseg-v9 extracted it); no UNet (the one beside 0.8.0 was not kept)
+  [[ $what == eval-v9 ]] && compare=(--compare "$RUNS/sdseg-0.8.0-bundled")
   if part sdseg-in; then
     seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg "${compare[@]}" \
       --command-note "Phantoms of randomized acquisitions (profile train)."
   fi
   if part sdseg-oral; then
-    oral_compare=(); [[ $what == eval-v8 ]] && oral_compare=("${compare[@]}")  # eval-v6 and eval-v7: the model alone
+    oral_compare=(); [[ $what == eval-v8 || $what == eval-v9 ]] && oral_compare=("${compare[@]}")  # v6, v7: model alone
     seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral "${oral_compare[@]}" \
       --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
   fi
@@ -289,6 +292,15 @@ if [[ $what == eval-v6 || $what == eval-v7 || $what == eval-v8 ]]; then
   if part sdseg-grids; then
     "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
       --out docs/evaluation/spacing/sdseg --precision fp32
+  fi
+  if [[ $what == eval-v9 ]] && part sdseg-pelvis; then
+    seg --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-pelvis --card-key abdomen_pelvis \
+      "${compare[@]}" --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train, oral contrast in about half), other subjects than training."
+  fi
+  if [[ $what == eval-v9 ]] && part sdseg-pelvis-shifted; then
+    seg --data-root data/btcv_phantoms_pelvis_shifted --split all --out docs/evaluation/sdseg-pelvis-shifted \
+      --card-key abdomen_pelvis_shifted "${compare[@]}" \
+      --command-note "The shifted set's subjects and scanners, scanned abdomen-pelvis (data-v9: --pelvis, profile shifted)."
   fi
 fi
 # 0.7.0 candidate (sdseg-v7): the bundled 0.6.0 trained further as 0.6.0 was (pure noise at T - 1, decoded-mask
@@ -547,6 +559,37 @@ if [[ $what == eval-organs-v4 ]]; then
   fi
 fi
 
+# organ SDSeg 0.3.0 (organs-v5): 0.2.0 trained further as 0.2.0 was, on data-v9 (half of the subjects scanned
+# abdomen-pelvis, see sdseg-v9), for ORGANS_V5_SECONDS on this 2-core CPU; eval-organs-v5 adds the two abdomen-pelvis
+# sets and scores it against 0.2.0 (as extracted from git), after the export was copied to Resources/Models.
+ORGANS_V2_COMMIT=300b0f5  # the commit that bundled the organ model 0.2.0
+if [[ $what == organs-v5 ]]; then
+  v2="$RUNS/sdseg-organs-0.2.0-bundled"
+  bundled_at "$ORGANS_V2_COMMIT" "$v2" sdseg-organs-tiny-phantom
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v9 --set cache_dir=cache/sdseg-v9 --set version=0.3.0 \
+    --set "organs=$ORGANS" --set mask_encoding=onehot --set name=sdseg-organs-tiny-phantom --set stage=ldm \
+    --set init="$v2" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
+    --set mask_loss_weight=1.0 --set last_step_fraction=1.0 --optimizer adamw --lr-schedule cosine --batch-size 8 \
+    --lr 1e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "${ORGANS_V5_SECONDS:-2400}" \
+    --device cpu --out-dir "$RUNS/organs-v5"
+  export_model "$RUNS/organs-v5" "$RUNS/sdseg-organs-v5-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == eval-organs-v5 ]]; then
+  organs_eval() { "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --core --no-memory \
+    --update-card --precision fp32 --compare "$RUNS/sdseg-organs-0.2.0-bundled" "$@"; }
+  if part organs-in; then
+    organs_eval --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg-organs \
+      --command-note "Phantoms of randomized acquisitions (profile train)."
+  fi
+  if part organs-shifted; then
+    organs_eval --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-organs-shifted \
+      --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  fi
+  if part organs-pelvis; then
+    organs_eval --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-organs-pelvis \
+      --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train), other subjects than training."
+  fi
+fi
 # ---------------------------------------------------------------------------------------------------------------
 # EDTS-Trans T1 -> T2 (edts-tiny-phantom), on the randomized phantoms of 0.2.0:
 #   bash training/train_bundled.sh edts-v2           the bundled model: RegN, then the refiner with RegN frozen
