@@ -371,10 +371,10 @@ if [[ $what == eval-v8-val ]]; then
 fi
 # 0.9.0 (sdseg-v9): 0.8.0 trained further as 0.8.0 was (single step end to end, decoder trained) on the same subjects,
 # half of them now scanned abdomen-pelvis (--pelvis-share 0.5: the pelvis drawn below the abdomen, unlabelled, the
-# field reaching past the symphysis). 0.8.0 had never seen the pelvis and labelled much of it (Dice 0.70 on
+# field reaching past the symphysis). 0.8.0 had never seen the pelvis and labelled much of it (Dice 0.71 on
 # abdomen-pelvis phantoms). data-v9 writes the training set and two abdomen-pelvis test sets: other subjects under
 # the train profile, and the shifted set's subjects and scanners scanned abdomen-pelvis. On this 2-core CPU, with
-# the cosine fitted to SDSEG_V9_SECONDS. eval-v9 (below, with eval-v8) adds the two abdomen-pelvis reports.
+# the cosine fitted to SDSEG_V9_SECONDS. eval-v9 (with eval-v8, above) adds the two abdomen-pelvis reports.
 SDSEG_V9_SECONDS=${SDSEG_V9_SECONDS:-3600}
 SDSEG_V8_COMMIT=5b5ff4c  # the commit that bundled 0.8.0: the start of sdseg-v9
 if [[ $what == data-v9 ]]; then
@@ -560,8 +560,8 @@ if [[ $what == eval-organs-v4 ]]; then
 fi
 
 # organ SDSeg 0.3.0 (organs-v5): 0.2.0 trained further as 0.2.0 was, on data-v9 (half of the subjects scanned
-# abdomen-pelvis, see sdseg-v9), for ORGANS_V5_SECONDS on this 2-core CPU; eval-organs-v5 adds the two abdomen-pelvis
-# sets and scores it against 0.2.0 (as extracted from git), after the export was copied to Resources/Models.
+# abdomen-pelvis, see sdseg-v9), for ORGANS_V5_SECONDS on this 2-core CPU; eval-organs-v5 adds the abdomen-pelvis
+# set and scores it against 0.2.0 (as extracted from git), after the export was copied to Resources/Models.
 ORGANS_V2_COMMIT=300b0f5  # the commit that bundled the organ model 0.2.0
 if [[ $what == organs-v5 ]]; then
   v2="$RUNS/sdseg-organs-0.2.0-bundled"
@@ -590,6 +590,7 @@ if [[ $what == eval-organs-v5 ]]; then
       --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train), other subjects than training."
   fi
 fi
+
 # ---------------------------------------------------------------------------------------------------------------
 # EDTS-Trans T1 -> T2 (edts-tiny-phantom), on the randomized phantoms of 0.2.0:
 #   bash training/train_bundled.sh edts-v2           the bundled model: RegN, then the refiner with RegN frozen
