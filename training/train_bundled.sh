@@ -535,48 +535,31 @@ fi
 # ORGANS_V4_SECONDS on this 2-core CPU. No UNet beside it (the 2 cores were its). eval-organs-v4 scores it against
 # 0.1.0 (as extracted from git), after the export was copied to Resources/Models.
 ORGANS_V1_COMMIT=fa0f382  # a commit that holds the bundled organ model 0.1.0
-if [[ $what == organs-v4 ]]; then
-  v1="$RUNS/sdseg-organs-0.1.0-bundled"
-  bundled_at "$ORGANS_V1_COMMIT" "$v1" sdseg-organs-tiny-phantom
-  train --recipe sdseg --set data_root=data/btcv_phantoms_v6 --set cache_dir=cache/sdseg-v6 --set version=0.2.0 \
-    --set "organs=$ORGANS" --set mask_encoding=onehot --set name=sdseg-organs-tiny-phantom --set stage=ldm \
-    --set init="$v1" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
-    --set mask_loss_weight=1.0 --set last_step_fraction=1.0 --optimizer adamw --lr-schedule cosine --batch-size 8 \
-    --lr 2e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "${ORGANS_V4_SECONDS:-2700}" \
-    --device cpu --out-dir "$RUNS/organs-v4"
-  export_model "$RUNS/organs-v4" "$RUNS/sdseg-organs-v4-tiny-phantom" --raw-weights --dtype float16 --inference-only
-fi
-if [[ $what == eval-organs-v4 ]]; then
-  organs_eval() { "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --core --no-memory \
-    --update-card --precision fp32 --compare "$RUNS/sdseg-organs-0.1.0-bundled" "$@"; }
-  if part organs-in; then
-    organs_eval --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg-organs \
-      --command-note "Phantoms of randomized acquisitions (profile train)."
-  fi
-  if part organs-shifted; then
-    organs_eval --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-organs-shifted \
-      --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
-  fi
-fi
-
-# organ SDSeg 0.3.0 (organs-v5): 0.2.0 trained further as 0.2.0 was, on data-v9 (half of the subjects scanned
-# abdomen-pelvis, see sdseg-v9), for ORGANS_V5_SECONDS on this 2-core CPU; eval-organs-v5 adds the abdomen-pelvis
-# set and scores it against 0.2.0 (as extracted from git), after the export was copied to Resources/Models.
 ORGANS_V2_COMMIT=300b0f5  # the commit that bundled the organ model 0.2.0
-if [[ $what == organs-v5 ]]; then
-  v2="$RUNS/sdseg-organs-0.2.0-bundled"
-  bundled_at "$ORGANS_V2_COMMIT" "$v2" sdseg-organs-tiny-phantom
-  train --recipe sdseg --set data_root=data/btcv_phantoms_v9 --set cache_dir=cache/sdseg-v9 --set version=0.3.0 \
+# organ SDSeg 0.3.0 (organs-v5): 0.2.0 trained further the same way on data-v9 (half of the subjects scanned
+# abdomen-pelvis, see sdseg-v9), lr 1e-4, for ORGANS_V5_SECONDS; eval-organs-v5 adds the abdomen-pelvis set.
+if [[ $what == organs-v4 || $what == organs-v5 ]]; then
+  if [[ $what == organs-v4 ]]; then
+    start=0.1.0 commit=$ORGANS_V1_COMMIT version=0.2.0 data=v6 lr=2e-4 seconds=${ORGANS_V4_SECONDS:-2700}
+  else
+    start=0.2.0 commit=$ORGANS_V2_COMMIT version=0.3.0 data=v9 lr=1e-4 seconds=${ORGANS_V5_SECONDS:-2400}
+  fi
+  init="$RUNS/sdseg-organs-$start-bundled"
+  bundled_at "$commit" "$init" sdseg-organs-tiny-phantom
+  train --recipe sdseg --set data_root=data/btcv_phantoms_$data --set cache_dir=cache/sdseg-$data --set version=$version \
     --set "organs=$ORGANS" --set mask_encoding=onehot --set name=sdseg-organs-tiny-phantom --set stage=ldm \
-    --set init="$v2" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
+    --set init="$init" --set finetune=true --set latent_targets=false --set train_mask_decoder=true \
     --set mask_loss_weight=1.0 --set last_step_fraction=1.0 --optimizer adamw --lr-schedule cosine --batch-size 8 \
-    --lr 1e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "${ORGANS_V5_SECONDS:-2400}" \
-    --device cpu --out-dir "$RUNS/organs-v5"
-  export_model "$RUNS/organs-v5" "$RUNS/sdseg-organs-v5-tiny-phantom" --raw-weights --dtype float16 --inference-only
+    --lr $lr --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "$seconds" \
+    --device cpu --out-dir "$RUNS/$what"
+  export_model "$RUNS/$what" "$RUNS/sdseg-$what-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
-if [[ $what == eval-organs-v5 ]]; then
+# eval-organs-v4 / -v5: the bundled organ model (after the export was copied to Resources/Models) against its start
+# (0.1.0 / 0.2.0, as extracted from git).
+if [[ $what == eval-organs-v4 || $what == eval-organs-v5 ]]; then
+  start=0.1.0; [[ $what == eval-organs-v5 ]] && start=0.2.0
   organs_eval() { "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --core --no-memory \
-    --update-card --precision fp32 --compare "$RUNS/sdseg-organs-0.2.0-bundled" "$@"; }
+    --update-card --precision fp32 --compare "$RUNS/sdseg-organs-$start-bundled" "$@"; }
   if part organs-in; then
     organs_eval --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg-organs \
       --command-note "Phantoms of randomized acquisitions (profile train)."
@@ -585,7 +568,7 @@ if [[ $what == eval-organs-v5 ]]; then
     organs_eval --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-organs-shifted \
       --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
   fi
-  if part organs-pelvis; then
+  if [[ $what == eval-organs-v5 ]] && part organs-pelvis; then
     organs_eval --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-organs-pelvis \
       --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train), other subjects than training."
   fi

@@ -482,6 +482,13 @@ def acquired_subject(seed: int, profile: str) -> tuple[AbdomenSubject, CTAcquisi
     return replace(shaped, hu=dict(acquisition.hu), texture_hu=dict(acquisition.texture_hu)), acquisition
 
 
+def check_pelvis_profile(profile: str) -> None:
+    """Abdomen-pelvis phantoms extend a drawn field; the fixed profile has none to extend."""
+    if profile == "fixed":
+        from MedDiffusionExtension.errors import InputError
+        raise InputError("abdomen-pelvis phantoms need a randomized acquisition: pass --acquisition train or shifted")
+
+
 def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None,
                 acquisition: str | CTAcquisition = "fixed", oral_contrast_hu: float | None = None,
                 pelvis: bool = False) -> CTPhantom:
@@ -494,9 +501,7 @@ def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None =
     only): the same patient with the pelvis drawn below, the field extended down past the symphysis."""
     if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
         if pelvis:
-            from MedDiffusionExtension.errors import InputError
-            raise InputError("an abdomen-pelvis phantom needs a randomized acquisition: pass --acquisition train "
-                             "or shifted")
+            check_pelvis_profile(acquisition)
         subject, grid, acquisition = draw_abdomen(seed, enhancement), btcv_grid(shape, spacing), None
     else:
         if isinstance(acquisition, str):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .acquisition import check_profile
 from .brain import BRATS_CENTRE_RAS, SEQUENCES, draw_subject, render_subject, simulate_brain
-from .ct import simulate_ct
+from .ct import check_pelvis_profile, simulate_ct
 from .geometry import Grid, lps_grid
 from .nifti import write_nifti
 from MedDiffusionExtension.errors import InputError
@@ -119,9 +119,8 @@ def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, st
     for name, share in (("oral_contrast_share", oral_contrast_share), ("pelvis_share", pelvis_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {share!r}")
-    if pelvis_share and acquisition == "fixed":
-        from MedDiffusionExtension.errors import InputError
-        raise InputError("abdomen-pelvis phantoms need a randomized acquisition: pass --acquisition train or shifted")
+    if pelvis_share:
+        check_pelvis_profile(acquisition)  # before any case is written
     arguments = []
     for i in range(n):
         oral = oral_contrast_hu
