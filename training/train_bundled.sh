@@ -12,6 +12,8 @@
 #   bash training/train_bundled.sh [ae-probe-z4|ae-probe-z8]   mask autoencoder round trip with 4 / 8 latent channels
 #   bash training/train_bundled.sh [organs-v4|eval-organs-v4]   organ SDSeg 0.2.0 (below)
 #   bash training/train_bundled.sh [organs-v5|eval-organs-v5]   organ SDSeg 0.3.0: abdomen-pelvis scans (below)
+#   bash training/train_bundled.sh [organs-v6|eval-organs-v6]   organ SDSeg 0.4.0: trained alone longer (below)
+#   bash training/train_bundled.sh [data-lesions|eval-lesions]   lesion stress sets, the union model on them (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -385,6 +387,29 @@ if [[ $what == data-v9 ]]; then
   "$PY" -m training phantoms btcv --out data/btcv_phantoms_pelvis_shifted --n 6 --seed 1000 --acquisition shifted \
     --pelvis --workers 2
 fi
+# Lesion stress sets (data-lesions): the in-distribution and shifted test sets' patients and scanners again, with
+# focal lesions in the liver, kidneys or spleen (phantoms btcv --lesions: cysts, hypo- and hypervascular tumours,
+# labelled as their organ as in BTCV); the images differ only in the lesions, the labels not at all, so each report
+# pairs with the plain set's. No recipe trains on lesions. eval-lesions scores the bundled union model on them
+# (its organ counterpart is part of eval-organs-v6).
+LESIONS_NOTE="The in-distribution test set's patients and scanners with focal lesions in the liver, kidneys or spleen (data-lesions: --lesions, profile train); labels as without them."
+LESIONS_SHIFTED_NOTE="The shifted set's patients and scanners with focal lesions in the liver, kidneys or spleen (data-lesions: --lesions, profile shifted); labels as without them."
+if [[ $what == data-lesions ]]; then
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_v2_lesions --n 16 --seed 0 --acquisition train --lesions --workers 2
+  "$PY" -m training phantoms btcv --out data/btcv_phantoms_shifted_lesions --n 6 --seed 1000 --acquisition shifted \
+    --lesions --workers 2
+fi
+if [[ $what == eval-lesions ]]; then
+  seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
+  if part sdseg-lesions; then
+    seg --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-lesions --card-key lesions \
+      --command-note "$LESIONS_NOTE"
+  fi
+  if part sdseg-lesions-shifted; then
+    seg --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-lesions-shifted \
+      --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
+  fi
+fi
 if [[ $what == sdseg-v9 ]]; then
   v8="$RUNS/sdseg-0.8.0-bundled"
   bundled_at "$SDSEG_V8_COMMIT" "$v8"
@@ -536,13 +561,19 @@ fi
 # 0.1.0 (as extracted from git), after the export was copied to Resources/Models.
 ORGANS_V1_COMMIT=fa0f382  # a commit that holds the bundled organ model 0.1.0
 ORGANS_V2_COMMIT=300b0f5  # the commit that bundled the organ model 0.2.0
+ORGANS_V3_COMMIT=0ef8afe  # the commit that bundled the organ model 0.3.0
 # organ SDSeg 0.3.0 (organs-v5): 0.2.0 trained further the same way on data-v9 (half of the subjects scanned
 # abdomen-pelvis, see sdseg-v9), lr 1e-4, for ORGANS_V5_SECONDS; eval-organs-v5 adds the abdomen-pelvis set.
-if [[ $what == organs-v4 || $what == organs-v5 ]]; then
+# organ SDSeg 0.4.0 (organs-v6): 0.3.0 trained further the same way on the same data, alone on the 2 cores (0.3.0's
+# run shared them and was stopped by its budget at 292 steps), lr 2e-4 as organs-v4, for ORGANS_V6_SECONDS;
+# eval-organs-v6 adds the lesion stress sets (data-lesions).
+if [[ $what == organs-v4 || $what == organs-v5 || $what == organs-v6 ]]; then
   if [[ $what == organs-v4 ]]; then
     start=0.1.0 commit=$ORGANS_V1_COMMIT version=0.2.0 data=v6 lr=2e-4 seconds=${ORGANS_V4_SECONDS:-2700}
-  else
+  elif [[ $what == organs-v5 ]]; then
     start=0.2.0 commit=$ORGANS_V2_COMMIT version=0.3.0 data=v9 lr=1e-4 seconds=${ORGANS_V5_SECONDS:-2400}
+  else
+    start=0.3.0 commit=$ORGANS_V3_COMMIT version=0.4.0 data=v9 lr=2e-4 seconds=${ORGANS_V6_SECONDS:-4800}
   fi
   init="$RUNS/sdseg-organs-$start-bundled"
   bundled_at "$commit" "$init" sdseg-organs-tiny-phantom
@@ -554,10 +585,10 @@ if [[ $what == organs-v4 || $what == organs-v5 ]]; then
     --device cpu --out-dir "$RUNS/$what"
   export_model "$RUNS/$what" "$RUNS/sdseg-$what-tiny-phantom" --raw-weights --dtype float16 --inference-only
 fi
-# eval-organs-v4 / -v5: the bundled organ model (after the export was copied to Resources/Models) against its start
-# (0.1.0 / 0.2.0, as extracted from git).
-if [[ $what == eval-organs-v4 || $what == eval-organs-v5 ]]; then
-  start=0.1.0; [[ $what == eval-organs-v5 ]] && start=0.2.0
+# eval-organs-v4 / -v5 / -v6: the bundled organ model (after the export was copied to Resources/Models) against its
+# start (0.1.0 / 0.2.0 / 0.3.0, as extracted from git).
+if [[ $what == eval-organs-v4 || $what == eval-organs-v5 || $what == eval-organs-v6 ]]; then
+  start=0.1.0; [[ $what == eval-organs-v5 ]] && start=0.2.0; [[ $what == eval-organs-v6 ]] && start=0.3.0
   organs_eval() { "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --core --no-memory \
     --update-card --precision fp32 --compare "$RUNS/sdseg-organs-$start-bundled" "$@"; }
   if part organs-in; then
@@ -568,9 +599,17 @@ if [[ $what == eval-organs-v4 || $what == eval-organs-v5 ]]; then
     organs_eval --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-organs-shifted \
       --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
   fi
-  if [[ $what == eval-organs-v5 ]] && part organs-pelvis; then
+  if [[ $what != eval-organs-v4 ]] && part organs-pelvis; then
     organs_eval --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-organs-pelvis \
       --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train), other subjects than training."
+  fi
+  if [[ $what == eval-organs-v6 ]] && part organs-lesions; then
+    organs_eval --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-organs-lesions \
+      --card-key lesions --command-note "$LESIONS_NOTE"
+  fi
+  if [[ $what == eval-organs-v6 ]] && part organs-lesions-shifted; then
+    organs_eval --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-organs-lesions-shifted \
+      --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
   fi
 fi
 

@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "down past the symphysis; needs --acquisition train or shifted")
             pelvis.add_argument("--pelvis-share", type=_share, default=0.0, metavar="P",
                                 help="that share of the cases (drawn per case) scanned abdomen-pelvis (see --pelvis)")
+            lesions = command.add_mutually_exclusive_group()
+            lesions.add_argument("--lesions", action="store_const", const=1.0, dest="lesion_share", default=0.0,
+                                 help="focal lesions in every case: cysts, hypo- and hypervascular tumours in the "
+                                      "liver, kidneys and spleen, labelled as their organ (as in BTCV)")
+            lesions.add_argument("--lesion-share", type=_share, default=0.0, metavar="P",
+                                 help="that share of the cases (drawn per case) with lesions (see --lesions)")
         if name != "ixi":
             command.add_argument("--acquisition", choices=PROFILES, default="fixed",
                                  help="scanner and protocol per case: fixed (the original single acquisition), "
@@ -94,7 +100,7 @@ def write(args: argparse.Namespace) -> list[Path]:
         cases = layouts.write_btcv_dataset(args.out, args.n, args.seed, args.shape, args.spacing,
                                            acquisition=args.acquisition, oral_contrast_hu=args.oral_contrast,
                                            oral_contrast_share=args.oral_contrast_share, workers=args.workers,
-                                           pelvis_share=args.pelvis_share)
+                                           pelvis_share=args.pelvis_share, lesion_share=args.lesion_share)
     elif args.what == "ixi":
         cases = layouts.write_ixi_dataset(args.out, args.n, args.seed, args.scale)
     elif args.what == "samples":

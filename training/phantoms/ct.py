@@ -22,6 +22,7 @@ from scipy import ndimage
 from .acquisition import (CT_ANATOMY, CTAcquisition, check_profile, draw_ct_acquisition, draw_ct_anatomy,
                           reach_down_to_pelvis)
 from .ct_anatomy import AbdomenSubject, Solid, draw_abdomen, vary_abdomen
+from .ct_lesions import paint_lesions, with_lesions
 from .ct_pelvis import paint_pelvis, with_pelvis
 from .geometry import Grid, lps_grid, parse_shape
 from .shapes import Ellipsoid, Tube
@@ -440,6 +441,7 @@ def _paint_inside(canvas: _Canvas):
     _paint_bowel(canvas)
     _paint_muscles(canvas)
     _paint_organs(canvas)
+    paint_lesions(canvas, BTCV_LABELS)
     paint_pelvis(canvas)
     _paint_spine(canvas)
     _paint_ribs(canvas)
@@ -491,14 +493,15 @@ def check_pelvis_profile(profile: str) -> None:
 
 def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None = None,
                 acquisition: str | CTAcquisition = "fixed", oral_contrast_hu: float | None = None,
-                pelvis: bool = False) -> CTPhantom:
+                pelvis: bool = False, lesions: bool = False) -> CTPhantom:
     """One case. acquisition 'fixed' (default): shape (NIfTI order) and spacing default to 512 x 512 x 100 voxels
     of 0.8 x 0.8 x 2.5 mm and enhancement (0 native, 1 portal venous) is drawn per case when None. 'train' or
     'shifted' (or a CTAcquisition, e.g. a drawn one with fields replaced): the acquisition decides grid, phase and
     kernel; shape and spacing, when given, force the grid (see CTAcquisition.grid); enhancement is ignored.
     oral_contrast_hu: positive oral contrast, the fluid in the stomach, duodenum and small bowel at this HU (the
     same case otherwise; no profile draws it). pelvis: an abdomen-pelvis scan (ct_pelvis; randomized profiles
-    only): the same patient with the pelvis drawn below, the field extended down past the symphysis."""
+    only): the same patient with the pelvis drawn below, the field extended down past the symphysis. lesions: the
+    same patient with focal lesions in the liver, kidneys or spleen (ct_lesions; labels unchanged)."""
     if isinstance(acquisition, str) and check_profile(acquisition) == "fixed":
         if pelvis:
             check_pelvis_profile(acquisition)
@@ -516,11 +519,15 @@ def simulate_ct(seed: int, shape=None, spacing=None, enhancement: float | None =
         grid = acquisition.grid(shape, spacing)
     if oral_contrast_hu is not None:
         subject = replace(subject, hu={**subject.hu, ORAL_CONTRAST_KEY: float(oral_contrast_hu)})
+    if lesions:
+        subject = with_lesions(subject)
     phantom = render_abdomen(subject, grid, acquisition)
     if oral_contrast_hu is not None:
         phantom.info["oral_contrast_hu"] = float(oral_contrast_hu)
     if subject.pelvis is not None:
         phantom.info["pelvis"] = subject.pelvis.landmarks()
+    if subject.lesions:
+        phantom.info["lesions"] = [lesion.summary() for lesion in subject.lesions]
     return phantom
 
 

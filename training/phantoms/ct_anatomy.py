@@ -146,6 +146,7 @@ class AbdomenSubject:
     fields: dict[str, SmoothField] = field(default_factory=dict)
     texture_hu: dict[str, float] = field(default_factory=dict)  # organ texture amplitudes overriding the defaults
     pelvis: Pelvis | None = None  # ct_pelvis.with_pelvis adds one (abdomen-pelvis scans)
+    lesions: tuple = ()  # ct_lesions.Lesion each; ct_lesions.with_lesions draws them
 
 
 def _u(rng, low, high):

@@ -88,10 +88,11 @@ def write_brats_dataset(root, n: int, seed: int = 0, shape=None, start: int = 0,
 
 
 def _write_btcv_case(root, number: int, seed: int, shape, spacing, acquisition: str,
-                     oral_contrast_hu: float | None = None, pelvis: bool = False) -> tuple[dict[str, Path], dict]:
+                     oral_contrast_hu: float | None = None, pelvis: bool = False, lesions: bool = False
+                     ) -> tuple[dict[str, Path], dict]:
     root = Path(root)
     phantom = simulate_ct(seed, shape, spacing, acquisition=acquisition, oral_contrast_hu=oral_contrast_hu,
-                          pelvis=pelvis)
+                          pelvis=pelvis, lesions=lesions)
     paths = {"image": write_nifti(root / "img" / f"img{number:04d}.nii.gz", phantom.image, phantom.ijk_to_ras,
                                   np.int16),
              "label": write_nifti(root / "label" / f"label{number:04d}.nii.gz", phantom.label, phantom.ijk_to_ras,
@@ -109,14 +110,16 @@ ORAL_CONTRAST_RANGE_HU = (150.0, 350.0)  # positive oral contrast in the bowel, 
 
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
                        acquisition: str = "fixed", oral_contrast_hu: float | None = None,
-                       oral_contrast_share: float = 0.0, workers: int = 1, pelvis_share: float = 0.0
-                       ) -> list[dict]:
+                       oral_contrast_share: float = 0.0, workers: int = 1, pelvis_share: float = 0.0,
+                       lesion_share: float = 0.0) -> list[dict]:
     """oral_contrast_hu: every case with positive oral contrast at this HU (see ct.simulate_ct); else
     oral_contrast_share: that share of the cases (drawn per case from its seed) with oral contrast at an HU drawn
     from ORAL_CONTRAST_RANGE_HU. pelvis_share: that share of the cases (drawn per case; 1.0 all) scanned
-    abdomen-pelvis (ct_pelvis). The cases are otherwise those of the same seed without either."""
+    abdomen-pelvis (ct_pelvis). lesion_share: that share of the cases with focal lesions in the liver, kidneys or
+    spleen (ct_lesions). The cases are otherwise those of the same seed without any of these."""
     check_profile(acquisition)
-    for name, share in (("oral_contrast_share", oral_contrast_share), ("pelvis_share", pelvis_share)):
+    for name, share in (("oral_contrast_share", oral_contrast_share), ("pelvis_share", pelvis_share),
+                        ("lesion_share", lesion_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {share!r}")
     if pelvis_share:
@@ -129,7 +132,9 @@ def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, st
             oral = float(draw.uniform(*ORAL_CONTRAST_RANGE_HU)) if draw.random() < oral_contrast_share else None
         pelvis = pelvis_share >= 1.0 or (pelvis_share > 0.0
                                          and np.random.default_rng([case_seed(seed, i), 37]).random() < pelvis_share)
-        arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral, pelvis))
+        lesions = lesion_share >= 1.0 or (lesion_share > 0.0
+                                          and np.random.default_rng([case_seed(seed, i), 43]).random() < lesion_share)
+        arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral, pelvis, lesions))
     written = _write_cases(_write_btcv_case, arguments, workers)
     write_acquisitions(root, {f"{start + i:04d}": record for i, (_, record) in enumerate(written)})
     return [paths for paths, _ in written]
