@@ -603,6 +603,11 @@ if [[ $what == eval-organs-v4 || $what == eval-organs-v5 || $what == eval-organs
     organs_eval --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-organs-pelvis \
       --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train), other subjects than training."
   fi
+  if [[ $what == eval-organs-v6 ]] && part organs-val; then  # the choice to ship: the validation subjects (data-v8)
+    "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --no-memory --precision fp32 \
+      --model "$RUNS/sdseg-organs-v6-tiny-phantom" --compare "$RUNS/sdseg-organs-0.3.0-bundled" --out "$RUNS/eval-organs-v6-val" \
+      --command-note "Validation phantoms (data-v8)."
+  fi
   if [[ $what == eval-organs-v6 ]] && part organs-lesions; then
     organs_eval --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-organs-lesions \
       --card-key lesions --command-note "$LESIONS_NOTE"
