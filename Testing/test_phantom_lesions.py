@@ -4,17 +4,16 @@ density of its kind, and the dataset options."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 
-from training.phantoms import simulate_ct, write_btcv_dataset
+from phantom_shares import cases_marked_by_share
+from training.phantoms import simulate_ct
+from training.phantoms.cli import main
 from training.phantoms.ct import BTCV_LABELS, _Canvas, _paint_inside, acquired_subject
 from training.phantoms.ct_lesions import KINDS, draw_lesions, with_lesions
 from training.phantoms.geometry import lps_grid
-from training.phantoms.cli import main
-from training.phantoms.nifti import sha256_of
 
 SHAPE = (128, 128, 40)
 
@@ -69,16 +68,10 @@ def _value_at(subject, point):
 
 
 def test_a_lesion_share_marks_some_cases_and_leaves_the_others(tmp_path, capsys):
-    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
-    write_btcv_dataset(plain, 5, seed=0, shape=(48, 48, 12), acquisition="shifted")
-    write_btcv_dataset(mixed, 5, seed=0, shape=(48, 48, 12), acquisition="shifted", lesion_share=0.5)
-    records = json.loads((mixed / "acquisitions.json").read_text(encoding="utf-8"))["cases"]
-    marked = {case: "lesions" in record for case, record in records.items()}
-    assert 0 < sum(marked.values()) < 5
-    for case, has_lesions in marked.items():
-        assert sha256_of(plain / "label" / f"label{case}.nii.gz") == sha256_of(mixed / "label" / f"label{case}.nii.gz")
-        same = sha256_of(plain / "img" / f"img{case}.nii.gz") == sha256_of(mixed / "img" / f"img{case}.nii.gz")
-        assert same != has_lesions, case
+    cases = cases_marked_by_share(tmp_path, "lesion_share", "lesions")
+    assert 0 < sum(case["marked"] for case in cases.values()) < len(cases)
+    for name, case in cases.items():
+        assert case["same_label"] and case["same_image"] != case["marked"], name
     with pytest.raises(SystemExit):
         main(["btcv", "--out", str(tmp_path / "both"), "--lesions", "--lesion-share", "0.5"])
     assert "not allowed with" in capsys.readouterr().err and not (tmp_path / "both").exists()

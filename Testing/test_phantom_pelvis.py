@@ -4,18 +4,17 @@ pelvis below unlabelled and plausible in HU, the field reaching past the symphys
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 
 from MedDiffusionExtension.errors import InputError
-from training.phantoms import simulate_ct, write_btcv_dataset
+from phantom_shares import cases_marked_by_share
+from training.phantoms import simulate_ct
 from training.phantoms.acquisition import CT_PELVIS, reach_down_to_pelvis
 from training.phantoms.cli import main
 from training.phantoms.ct import BTCV_LABELS, acquired_subject
 from training.phantoms.ct_pelvis import with_pelvis
-from training.phantoms.nifti import sha256_of
 
 SHAPE = (96, 96, 90)
 
@@ -84,15 +83,10 @@ def test_pelvic_bones_bladder_and_rectum_have_their_hounsfield_units(pair):
 
 
 def test_a_pelvis_share_marks_some_cases_and_the_fixed_profile_refuses_it(tmp_path, capsys):
-    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
-    write_btcv_dataset(plain, 5, seed=0, shape=(40, 40, 12), acquisition="shifted")
-    write_btcv_dataset(mixed, 5, seed=0, shape=(40, 40, 12), acquisition="shifted", pelvis_share=0.5)
-    records = json.loads((mixed / "acquisitions.json").read_text(encoding="utf-8"))["cases"]
-    marked = {case: "pelvis" in record for case, record in records.items()}
-    assert 0 < sum(marked.values()) < 5
-    for case, has_pelvis in marked.items():
-        same = sha256_of(plain / "img" / f"img{case}.nii.gz") == sha256_of(mixed / "img" / f"img{case}.nii.gz")
-        assert same != has_pelvis, case
+    cases = cases_marked_by_share(tmp_path, "pelvis_share", "pelvis")
+    assert 0 < sum(case["marked"] for case in cases.values()) < len(cases)
+    for name, case in cases.items():
+        assert case["same_image"] != case["marked"], name
     with pytest.raises(InputError, match="randomized acquisition"):
         simulate_ct(0, (32, 32, 8), pelvis=True)
     assert main(["btcv", "--out", str(tmp_path / "fixed"), "--pelvis"]) == 2

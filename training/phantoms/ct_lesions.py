@@ -59,7 +59,7 @@ def draw_lesions(subject: AbdomenSubject) -> tuple[Lesion, ...]:
     """The lesions of this patient (at least one), placed in its own organs."""
     rng = np.random.default_rng([subject.seed, _LESION_STREAM])
     lesions: list[Lesion] = []
-    for attempt in range(20):
+    for _ in range(20):  # a patient drawn without any lesion draws again
         for organ, (chance, most, (r_low, r_high), kind_chances) in _ORGANS.items():
             if rng.random() >= chance:
                 continue
