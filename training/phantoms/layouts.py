@@ -108,6 +108,12 @@ def write_btcv_case(root, number: int, seed: int, shape=None, spacing=None, acqu
 ORAL_CONTRAST_RANGE_HU = (150.0, 350.0)  # positive oral contrast in the bowel, as clinical CTs show it
 
 
+def _drawn_for_case(share: float, seed: int, stream: int) -> bool:
+    """Whether a case gets an option given to `share` of the cases (1.0 all), drawn from a stream of its own so the
+    case's other draws stay as they were."""
+    return share >= 1.0 or (share > 0.0 and np.random.default_rng([seed, stream]).random() < share)
+
+
 def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, start: int = 1,
                        acquisition: str = "fixed", oral_contrast_hu: float | None = None,
                        oral_contrast_share: float = 0.0, workers: int = 1, pelvis_share: float = 0.0,
@@ -130,10 +136,8 @@ def write_btcv_dataset(root, n: int, seed: int = 0, shape=None, spacing=None, st
         if oral is None and oral_contrast_share:
             draw = np.random.default_rng([case_seed(seed, i), 29])  # its own stream: the case's other draws stay
             oral = float(draw.uniform(*ORAL_CONTRAST_RANGE_HU)) if draw.random() < oral_contrast_share else None
-        pelvis = pelvis_share >= 1.0 or (pelvis_share > 0.0
-                                         and np.random.default_rng([case_seed(seed, i), 37]).random() < pelvis_share)
-        lesions = lesion_share >= 1.0 or (lesion_share > 0.0
-                                          and np.random.default_rng([case_seed(seed, i), 43]).random() < lesion_share)
+        pelvis, lesions = (_drawn_for_case(share, case_seed(seed, i), stream)
+                           for share, stream in ((pelvis_share, 37), (lesion_share, 43)))
         arguments.append((root, start + i, case_seed(seed, i), shape, spacing, acquisition, oral, pelvis, lesions))
     written = _write_cases(_write_btcv_case, arguments, workers)
     write_acquisitions(root, {f"{start + i:04d}": record for i, (_, record) in enumerate(written)})
