@@ -59,6 +59,35 @@ def test_the_body_is_the_trunk_with_its_lungs_and_gas_without_the_arm_or_the_tab
     assert not (mask & ~grown).any()
 
 
+def _touching_pieces(size, pixel_mm, main, other, slices=4):
+    """(volume, main, other): two tissue ellipses, (centre, radii) in mm on a grid of pixel_mm, in every slice."""
+    shape = (size, size)
+    to_px = lambda centre, radii: ([c / pixel_mm for c in centre], [r / pixel_mm for r in radii])  # noqa: E731
+    first, second = _ellipse(shape, *to_px(*main)), _ellipse(shape, *to_px(*other))
+    array = np.full((slices, *shape), AIR, np.float32)
+    array[:, first | second] = TISSUE
+    volume = Volume(array, np.diag([-pixel_mm, -pixel_mm, 3.0, 1.0]))
+    repeat = lambda mask: np.repeat(mask[None], slices, axis=0)  # noqa: E731
+    return volume, repeat(first), repeat(second & ~first)
+
+
+def test_an_arm_resting_against_the_trunk_is_outside_the_body():
+    # A 340 x 250 mm abdomen and a 90 x 80 mm upper arm pressed 3 mm into its flank: one connected region.
+    volume, trunk, arm = _touching_pieces(160, 3.0, ((240, 260), (125, 170)), ((240, 260 - 170 - 40 + 3), (45, 40)))
+    assert ndimage.label(trunk[0] | arm[0])[1] == 1
+    mask = body_mask(volume)
+    assert mask[trunk].all()
+    # What the arm keeps is a sliver along the contact, well under a tenth of it.
+    assert mask[arm].mean() < 0.1
+
+
+def test_two_pieces_of_similar_size_are_both_body():
+    # Below the pelvis both thighs (140 and 125 mm across) touch at the perineum; neither is a limb beside a trunk.
+    volume, right, left = _touching_pieces(128, 3.0, ((192, 120), (70, 70)), ((192, 120 + 70 + 62 - 6), (62, 62)))
+    mask = body_mask(volume)
+    assert mask[right].all() and mask[left].all()
+
+
 def test_the_mask_follows_the_voxels_whatever_the_storage_order():
     volume, *_ = torso_ct(size=64, slices=6)
     reference = body_mask(volume)

@@ -91,6 +91,10 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     assert results["ddim10_over_single_step"] > 0  # a timing: reported, never asserted against another timing
     card = json.loads((models / "sdseg-micro-test" / "card.json").read_text(encoding="utf-8"))
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1
+    # One Dice per case and row; the card's is their mean, and a phantom set says it is synthetic.
+    assert set(results["per_case_dice"]) == {row[0] for row in results["rows"]}
+    assert card["metrics"]["single_step"]["dice"] == pytest.approx(results["per_case_dice"]["SDSeg single step"][0])
+    assert "synthetic abdominal CT phantoms" in card["metrics"]["measured_on"]
     assert (out / "case.png").is_file()
 
 
@@ -126,3 +130,14 @@ def test_bundled_cards_carry_the_numbers_of_their_evaluation_reports():
     for name, card in (("cdm", cdm), ("sdseg", sdseg)):  # and the held-out acquisitions, under their own key
         shifted = json.loads((root / f"docs/evaluation/{name}-shifted/results.json").read_text(encoding="utf-8"))
         assert card["metrics"]["shifted"]["measured_on"].startswith(f"{len(shifted['cases'])} held-out")
+
+
+def test_a_card_says_whether_it_was_measured_on_phantoms_or_scans(tmp_path):
+    from types import SimpleNamespace
+
+    from training.evaluation.common import measured_on
+
+    args = SimpleNamespace(data_root=tmp_path, split="all")
+    assert measured_on(2, args, "abdominal CT") == f"2 held-out abdominal CT scans ({tmp_path}, all split)"
+    (tmp_path / "acquisitions.json").write_text('{"cases": {}}', encoding="utf-8")  # what the phantom writers leave
+    assert measured_on(6, args, "brain MRI") == f"6 held-out synthetic brain MRI phantoms ({tmp_path}, all split)"

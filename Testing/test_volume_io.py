@@ -92,6 +92,17 @@ def test_four_d_with_one_component_is_squeezed(tmp_path, oblique):
     np.testing.assert_array_equal(back.array, oblique.array)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_header_extensions_of_any_length_are_read_past(tmp_path, oblique, suffix):
+    # Label maps from other tools carry their class names in a NIfTI header extension, often kilobytes long.
+    image = nib.Nifti1Image(oblique.array.T.copy(), oblique.ijk_to_ras)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b'{"1": "spleen"}' + b" " * 4000))
+    nib.save(image, str(tmp_path / f"named{suffix}"))
+    back = read_volume(tmp_path / f"named{suffix}")
+    np.testing.assert_array_equal(back.array, oblique.array)
+    np.testing.assert_allclose(back.ijk_to_ras, oblique.ijk_to_ras, atol=1e-5)
+
+
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     good = write_volume(axial_volume(shape=(6, 24, 20)), tmp_path / "good.nii.gz")
     truncated = tmp_path / "truncated.nii.gz"

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "training.evaluation:COMMAND",
     "roundtrip": "training.evaluation.roundtrip:COMMAND",
     "phantoms": "training.phantoms.cli:COMMAND",
+    "import-totalsegmentator": "training.data.totalsegmentator_cli:COMMAND",
     "bench": "training.bench:COMMAND",
 }
 

@@ -14,6 +14,7 @@
 #   bash training/train_bundled.sh [organs-v5|eval-organs-v5]   organ SDSeg 0.3.0: abdomen-pelvis scans (below)
 #   bash training/train_bundled.sh [organs-v6|eval-organs-v6]   organ SDSeg 0.4.0: trained alone longer (below)
 #   bash training/train_bundled.sh [data-lesions|eval-lesions]   lesion stress sets, the union model on them (below)
+#   bash training/train_bundled.sh [data-real-ct|eval-real-ct]   two public real CTs, both CT models on them (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -408,6 +409,39 @@ if [[ $what == eval-lesions ]]; then
   if part sdseg-lesions-shifted; then
     seg --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-lesions-shifted \
       --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
+  fi
+fi
+# Real CTs (data-real-ct, eval-real-ct): the two public abdominal CTs with reference segmentations that
+# TotalSegmentator's source package on PyPI carries among its test files (version and checksum pinned; fetched
+# from the package registry, not redistributed here): a contrast-enhanced upper abdomen as a DICOM series
+# (512 x 512 x 20, 0.98 x 0.98 x 2 mm) and a non-contrast abdomen in NIfTI (122 x 101 x 30, 3 mm isotropic).
+# Their references are TotalSegmentator's (a trained model, not hand-drawn), renumbered to the 13 BTCV organs by
+# `import-totalsegmentator`. No recipe trains on them; eval-real-ct scores both bundled CT models.
+TOTALSEGMENTATOR_SDIST=totalsegmentator-2.18.0.tar.gz
+TOTALSEGMENTATOR_SHA256=5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03
+REAL_CT_NOTE="Two public real abdominal CTs (data-real-ct): 0001 a contrast-enhanced upper abdomen, DICOM series 512 x 512 x 20 at 0.98 x 0.98 x 2 mm; 0002 a non-contrast abdomen, NIfTI 122 x 101 x 30 at 3 mm. References: TotalSegmentator's segmentations shipped with them, renumbered to the BTCV organs (import-totalsegmentator)."
+if [[ $what == data-real-ct ]]; then
+  source_dir=cache/totalsegmentator-source
+  mkdir -p "$source_dir"
+  [[ -f $source_dir/$TOTALSEGMENTATOR_SDIST ]] || "$PY" -m pip download --no-deps --no-binary :all: \
+    --dest "$source_dir" "TotalSegmentator==2.18.0"
+  echo "$TOTALSEGMENTATOR_SHA256  $source_dir/$TOTALSEGMENTATOR_SDIST" | sha256sum --check --quiet
+  tar -xzf "$source_dir/$TOTALSEGMENTATOR_SDIST" -C "$source_dir" totalsegmentator-2.18.0/tests/reference_files
+  files="$source_dir/totalsegmentator-2.18.0/tests/reference_files"
+  "$PY" -m training import-totalsegmentator --out data/real_ct_totalseg \
+    --case "$files/example_ct_dicom" "$files/example_seg_dicom.nii.gz" \
+    --case "$files/example_ct_sm.nii.gz" "$files/example_seg.nii.gz"
+fi
+if [[ $what == eval-real-ct ]]; then
+  if part real-union; then
+    "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --data-root data/real_ct_totalseg --split all \
+      --core --outside-body-row --update-card --card-key real_ct --precision fp32 --out docs/evaluation/sdseg-real-ct \
+      --command-note "$REAL_CT_NOTE"
+  fi
+  if part real-organs; then
+    "$PY" -m training evaluate segmentation --model Resources/Models/sdseg-organs-tiny-phantom --data-root \
+      data/real_ct_totalseg --split all --core --no-memory --update-card --card-key real_ct --precision fp32 \
+      --out docs/evaluation/sdseg-organs-real-ct --command-note "$REAL_CT_NOTE"
   fi
 fi
 if [[ $what == sdseg-v9 ]]; then

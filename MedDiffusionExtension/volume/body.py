@@ -3,10 +3,18 @@
 A slice model sees one axial slice at a time and can label bright soft tissue anywhere on it: an arm lying beside
 the trunk, a positioning pad, the table. The body here is the largest 3D connected region above BODY_HU (air, lung
 and table foam lie below it) after each axial slice's enclosed holes are filled (lungs, bowel gas), so an arm or
-the table, separated from the trunk by air, is outside it. An arm that touches the trunk is part of it: the mask
-then removes nothing there. It is computed on a strided copy at about WORKING_SPACING_MM in-plane (every slice
-kept), grown by one working pixel in-plane so that it never cuts into the body, and expanded back by repetition: it
-reaches at most two working pixels past the skin, where no abdominal organ lies.
+the table, separated from the trunk by air, is outside it.
+
+Arms often rest against the flanks (arms down, as in trauma or when the patient cannot raise them), and then the
+arm and the trunk are one connected region. So the region is opened in-plane: eroded by LIMB_NECK_MM, which cuts
+a skin contact between an arm and the trunk narrower than twice that; in each slice the pieces left that are much smaller than the
+largest (an arm's core, beside the trunk's) are dropped; what is kept is dilated back by the same radius, inside the
+region. The trunk, wider than twice that radius everywhere, comes back whole; an arm touching it keeps at most a
+sliver along the contact. Two pieces of similar size (both thighs below the pelvis) are both kept.
+
+It is computed on a strided copy at about WORKING_SPACING_MM in-plane (every slice kept), grown by one working pixel
+in-plane so that it never cuts into the body, and expanded back by repetition: it reaches at most two working pixels
+past the skin, where no abdominal organ lies.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ from .volume import Volume
 
 BODY_HU = -500.0
 WORKING_SPACING_MM = 2.0
+# The opening radius: a contact narrower than twice this is cut. The opening trims only where the body is
+# narrower than twice it (a limb's contact, a skin fold, a pad against the back); an adult's or a child's trunk,
+# where the abdominal organs lie, is much wider. An arm pressed flat along a longer contact is not separated.
+LIMB_NECK_MM = 25.0
+# In a slice, an opened piece under this share of the largest piece's area is a limb (an adult's upper arm is
+# about a sixth of the abdomen's cross-section); a thigh beside the other thigh is not.
+LIMB_AREA_SHARE = 0.3
 # Connected within each axial slice only (array[k] is a slice): holes are filled slice by slice.
 _IN_SLICE = np.zeros((3, 3, 3), dtype=bool)
 _IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)
@@ -43,8 +58,36 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_HU) -> Optional[np.ndarray]
     components, count = ndimage.label(filled)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     sizes[0] = 0
-    body = components == int(sizes.argmax())
+    body = _without_limbs(components == int(sizes.argmax()), (step_j * spacing_j, step_i * spacing_i))
     if step_i > 1 or step_j > 1:  # a skin pixel of the full grid may fall between the strided samples
         body = ndimage.binary_dilation(body, structure=_IN_SLICE)
     full = np.repeat(np.repeat(body, step_j, axis=1), step_i, axis=2)[:, : axial.shape[1], : axial.shape[2]]
     return np.ascontiguousarray(orientation.invert(full))
+
+
+def _without_limbs(body: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """The (k, j, i) body region opened in-plane by LIMB_NECK_MM, each slice keeping only its large pieces."""
+    disk = _in_slice_disk(LIMB_NECK_MM, pixel_mm)
+    core = ndimage.binary_erosion(body, structure=disk)
+    pieces, count = ndimage.label(core, structure=_IN_SLICE)
+    if count == 0:  # nothing as wide as the opening (a thin slab of tissue): nothing to tell apart
+        return body
+    areas = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    slice_of_piece = np.array([box[0].start for box in ndimage.find_objects(pieces)], dtype=np.intp)
+    largest_in_slice = np.zeros(core.shape[0])
+    np.maximum.at(largest_in_slice, slice_of_piece, areas)
+    keep = np.concatenate([[False], areas >= LIMB_AREA_SHARE * largest_in_slice[slice_of_piece]])
+    trunk = ndimage.binary_dilation(keep[pieces], structure=disk) & body
+    # The opening of a digital outline loses a pixel here and there on the skin: give it back.
+    trunk = ndimage.binary_dilation(trunk, structure=_IN_SLICE) & body
+    # A slice with no core at all (the body there is thinner than the opening) keeps its region as it was.
+    thin = ~core.any(axis=(1, 2))
+    trunk[thin] = body[thin]
+    return trunk
+
+
+def _in_slice_disk(radius_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """(1, h, w) structuring element: an ellipse of radius_mm on a grid of (row, column) pixel_mm."""
+    radius_j, radius_i = (max(1, int(round(radius_mm / size))) for size in pixel_mm)
+    j, i = np.ogrid[-radius_j: radius_j + 1, -radius_i: radius_i + 1]
+    return (((j * pixel_mm[0]) ** 2 + (i * pixel_mm[1]) ** 2) <= radius_mm ** 2)[None]

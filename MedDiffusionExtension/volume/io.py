@@ -10,7 +10,6 @@ does (see write_volumes).
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import shutil
 import tempfile
@@ -69,10 +68,14 @@ def _raw_nifti_header(path: Path):
         raise InputError(f"cannot read {path}: the file is truncated or not a valid NIfTI (header of {len(raw)} bytes); "
                          "re-export or re-download it")
     sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    klass, size = (nib.Nifti2Header, 540) if 540 in sizes else (nib.Nifti1Header, 348)
     if not sizes & {348, 540}:
         raise InputError(f"cannot read {path}: not a NIfTI file; expected {SUPPORTED}")
-    return klass.from_fileobj(io.BytesIO(raw), check=False)
+    if len(raw) < size:
+        raise InputError(f"cannot read {path}: the file is truncated (a NIfTI-2 header of {len(raw)} bytes); "
+                         "re-export or re-download it")
+    # The header block alone: header extensions (label names, provenance; any length) follow it and are not needed.
+    return klass(raw[:size], check=False)
 
 
 def _check_nifti_header(path: Path) -> None:

@@ -44,6 +44,14 @@ def update_card_metrics(model: str, metrics: dict, key: str = "") -> Path:
     return path
 
 
+def measured_on(count: int, args, what: str) -> str:
+    """A card's `measured_on`: how many held-out cases of which data. Phantom datasets carry the phantom writer's
+    acquisitions.json; any other root holds scans (a real dataset, or real CTs imported with their references)."""
+    synthetic = (Path(args.data_root) / "acquisitions.json").is_file()
+    kind = f"synthetic {what} phantoms" if synthetic else f"{what} scans"
+    return f"{count} held-out {kind} ({args.data_root}, {args.split} split)"
+
+
 def limit(cases: list, max_cases: int) -> list:
     return cases[:max_cases] if max_cases else cases
 

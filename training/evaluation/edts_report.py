@@ -8,7 +8,7 @@ import numpy as np
 
 from MedDiffusionExtension.pipelines.edts import MIN_TEXTURED_FRACTION
 
-from .common import markdown_table, update_card_metrics
+from .common import markdown_table, measured_on, update_card_metrics
 from .edts_scores import HIGH_PASS_SIGMA, TABLE_I_SCALE
 from .translation import MIN_FOREGROUND
 
@@ -169,7 +169,7 @@ def _card_metrics(args, cases, scores, baseline) -> dict:
         quality = _averages(scores[name])
         return {key: quality[key] for key in ("psnr", "ssim", "mae", "sharpness")}
 
-    metrics = {"measured_on": f"{len(cases)} held-out synthetic phantom cases ({args.data_root}, {args.split} split)",
+    metrics = {"measured_on": measured_on(len(cases), args, "brain MRI"),
                "t2w": entry(ROWS.default), "t2w_every_slice": entry(ROWS.fused), "regn_only": entry(ROWS.regn),
                "convention": "2D slice averages on [0, 1], data range 1, slices with >= 5% brain; sharpness = "
                              "high-frequency energy over the reference's",

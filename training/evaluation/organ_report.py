@@ -12,7 +12,7 @@ import numpy as np
 
 from MedDiffusionExtension.weights.organs import TRANSUNET_EIGHT, organ_by_label
 
-from .common import markdown_table, update_card_metrics
+from .common import markdown_table, measured_on, update_card_metrics
 from .organ_scores import MethodScores
 
 DASH = "—"
@@ -274,7 +274,7 @@ def _card_metrics(ev: OrganEvaluation, results: dict) -> dict:
     baseline = next((m for m, row in zip(results["methods"], ev.methods) if row.role == "baseline"), None)
     args = ev.args
     return {
-        "measured_on": f"{len(ev.cases)} held-out synthetic abdominal CT phantoms ({args.data_root}, {args.split} split)",
+        "measured_on": measured_on(len(ev.cases), args, "abdominal CT"),
         "single_step": step,
         **({f"baseline_unet_mean{count}_dice": baseline[f"mean{count}_dice"],
             f"baseline_unet_mean{eight}_dice": baseline[f"mean{eight}_dice"]} if baseline else {}),

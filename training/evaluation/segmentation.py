@@ -17,7 +17,7 @@ from MedDiffusionExtension.volume import AxialReorientation, read_volume
 from MedDiffusionExtension.weights import load_model
 
 from ..data import btcv_split, read_btcv
-from .common import limit, markdown_table, run_model, timed, update_card_metrics
+from .common import limit, markdown_table, measured_on, run_model, timed, update_card_metrics
 from .figures import segmentation_figure
 from .organs import evaluate_organs
 
@@ -117,6 +117,7 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md").write_text("\n".join(text), encoding="utf-8")
     summary = {"cases": [c.case_id for c in cases], "rows": rows,
+               "per_case_dice": {name: [float(e["dice"]) for e in entries] for name, entries in scores.items()},
                "stability": {k: float(np.mean(v)) for k, v in stability.items() if v},
                "ddim10_over_single_step": ddim / single if ddim else None}
     if args.update_card:
@@ -124,7 +125,7 @@ def _report(args, model, cases, scores, seconds_per_slice, stability) -> dict:
         iou, _ = _summary(scores[rows[0][0]], "iou")
         hd95, _ = _summary(scores[rows[0][0]], "hd95")
         update_card_metrics(args.model, {
-            "measured_on": f"{len(cases)} held-out synthetic abdominal CT phantoms ({args.data_root}, {args.split} split)",
+            "measured_on": measured_on(len(cases), args, "abdominal CT"),
             "single_step": {"dice": dice, "iou": iou, "hd95_mm": hd95},
             **({"stability_pairwise_dice": float(np.mean(stability["pairwise_dice"]))} if stability["pairwise_dice"] else {}),
             **_baseline_metrics(scores),

@@ -20,7 +20,7 @@ from MedDiffusionExtension.volume.normalize import foreground_mask
 from MedDiffusionExtension.weights import ModelRegistry, load_model
 
 from ..data import read_mri_cases, split_by_volume
-from .common import limit, markdown_table, run_model, timed, update_card_metrics
+from .common import limit, markdown_table, measured_on, run_model, timed, update_card_metrics
 from .figures import translation_figure
 
 TARGETS = ("t1c", "t2f")
@@ -212,7 +212,7 @@ def _report(args, model, model_row, cases, rows, sweep, consistency, timings) ->
     if args.update_card:
         cdm_row = next(r for r in table1 if r[0] == model_row)  # not a compared model whose name begins alike
         update_card_metrics(args.model, {
-            "measured_on": f"{len(cases)} held-out synthetic phantom cases ({args.data_root}, {args.split} split)",
+            "measured_on": measured_on(len(cases), args, "brain MRI"),
             "t1c": {"psnr": cdm_row[1], "ssim": cdm_row[2], "mae": cdm_row[3]},
             "t2f": {"psnr": cdm_row[4], "ssim": cdm_row[5], "mae": cdm_row[6]},
             "average": {"psnr": cdm_row[7], "ssim": cdm_row[8], "mae": cdm_row[9]},
