@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--outside-body", action="store_true",
                          help="also label voxels outside the patient's body; by default everything outside the largest "
                               "connected region above -500 HU (an arm or the table beside the trunk) is background")
+    segment.add_argument("--keep-far-islands", action="store_true",
+                         help="keep labelled regions lying more than 40 mm along the body axis from the largest one; "
+                              "by default they are background (a bladder or a muscle taken for an organ in the pelvis "
+                              "or chest of a long scan); keep them for an organ far from the others, such as a kidney "
+                              "transplanted into the pelvis")
     _add_run_options(segment, "segmentation")
 
     models = commands.add_parser("models", help="list or describe installed models")

@@ -65,7 +65,8 @@ def _request(args: argparse.Namespace) -> tasks.Request:
     organs = () if chosen is None else tasks.parse_organs(chosen)
     if chosen is not None and not organs:
         raise InputError("--organs is empty; give one or more of the model's organs, e.g. liver,spleen")
-    return tasks.SegmentRequest(threshold=args.threshold, organs=organs, body_only=not args.outside_body, **common)
+    return tasks.SegmentRequest(threshold=args.threshold, organs=organs, body_only=not args.outside_body,
+                                keep_far_islands=args.keep_far_islands, **common)
 
 
 REGISTRATION_FILE = "registration.json"

@@ -10,6 +10,7 @@ import pytest
 
 from training.cli import main as training_main
 from training.phantoms import write_brats_case, write_btcv_dataset
+from MedDiffusionExtension.errors import InputError
 
 from tiny_models import write_micro_model
 
@@ -141,3 +142,16 @@ def test_a_card_says_whether_it_was_measured_on_phantoms_or_scans(tmp_path):
     assert measured_on(2, args, "abdominal CT") == f"2 held-out abdominal CT scans ({tmp_path}, all split)"
     (tmp_path / "acquisitions.json").write_text('{"cases": {}}', encoding="utf-8")  # what the phantom writers leave
     assert measured_on(6, args, "brain MRI") == f"6 held-out synthetic brain MRI phantoms ({tmp_path}, all split)"
+
+
+def test_the_spacing_study_takes_the_sample_ct_or_the_first_case_of_a_btcv_root(tmp_path):
+    from training.evaluation.spacing import _ct_case
+
+    root = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    assert _ct_case(root)["image"].name == "PhantomAbdomenCT.nii.gz"
+    data = tmp_path / "btcv"
+    write_btcv_dataset(data, 2, seed=0, shape=(32, 32, 4))
+    assert _ct_case(data) == {"image": data / "img" / "img0001.nii.gz", "label": data / "label" / "label0001.nii.gz"}
+    (data / "label" / "label0001.nii.gz").unlink()
+    with pytest.raises(InputError, match="has no label file"):
+        _ct_case(data)

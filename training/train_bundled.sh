@@ -443,6 +443,10 @@ if [[ $what == eval-real-ct ]]; then
       data/real_ct_totalseg --split all --core --no-memory --update-card --card-key real_ct --precision fp32 \
       --out docs/evaluation/sdseg-organs-real-ct --command-note "$REAL_CT_NOTE"
   fi
+  if part real-grids; then  # the DICOM case (0001) resampled to other pixel sizes and to 5 mm slices
+    "$PY" -m training evaluate spacing --data-root data/real_ct_totalseg --model sdseg-tiny-phantom \
+      --out docs/evaluation/spacing/sdseg-real-ct --precision fp32
+  fi
 fi
 if [[ $what == sdseg-v9 ]]; then
   v8="$RUNS/sdseg-0.8.0-bundled"

@@ -4,7 +4,9 @@ SDSeg, per slice: encode the windowed CT to the condition latent z_c; start from
 seeded noise for every slice); one denoiser pass predicts eps; the x0 formula gives the mask latent; decode to a
 probability (or K + 1 class probabilities for a multi-organ model). Steps N > 1 runs DDIM instead; K samples
 average K probability maps (an ensemble). With body_only (the default), labels and probabilities outside the
-patient's body (volume/body.py: an arm or the table beside the trunk) are set to background.
+patient's body (volume/body.py: an arm or the table beside the trunk) are set to background; unless
+keep_far_islands, so are labelled regions far along the body axis from the organs (volume/islands.py: a bladder in
+the pelvis of a long scan).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..volume import Volume, validate_volume
 from ..volume.body import body_mask
+from ..volume.islands import far_islands
 from ..volume.engine import BatchReduction, EngineInput, RunOptions, SliceBatch, fit_scaling, run_slicewise
 from ..weights import LoadedModel
 from .common import build_network, make_sampler, model_grid
@@ -41,6 +44,7 @@ class SegmentationResult:
 def segment(
     *, image: Volume, loaded: LoadedModel, steps: int | None = None, samples: int = 1, threshold: float = 0.5,
     options: RunOptions | None = None, organs: Optional[Sequence[int]] = None, body_only: bool = True,
+    keep_far_islands: bool = False,
 ) -> SegmentationResult:
     """Label `image` with the card's segments; the task layer (tasks.SegmentRequest) has checked the request.
 
@@ -49,6 +53,7 @@ def segment(
     to keep (None: all); the others are set to background after the arg-max, never re-normalised away, so that a
     stomach voxel does not become liver because the stomach was not asked for. `body_only`: background outside the
     largest connected body region (no organ on an arm or the table); off: wherever the model says.
+    `keep_far_islands`: keep labelled regions far along the body axis from the largest one (background otherwise).
     """
     options = options or RunOptions()
     card = loaded.card
@@ -69,6 +74,10 @@ def segment(
         if outside is not None:
             probability[outside] = 0.0
         labels = np.where(probability > threshold, card.segments[0].label, 0).astype(np.uint8)
+        far = None if keep_far_islands else far_islands(labels > 0, image)
+        if far is not None:
+            labels[far] = 0
+            probability[far] = 0.0
         probabilities = {card.segments[0].name: image.with_array(probability)} if samples > 1 else {}
         return SegmentationResult(image.with_array(labels), probabilities)
 
@@ -84,8 +93,13 @@ def segment(
     labels = class_to_label[reduced[0].astype(np.intp)]
     if outside is not None:
         labels[outside] = 0
+    far = None if keep_far_islands else far_islands(labels > 0, image)
+    for cleared in (outside, far):  # the kept organs' probabilities too
+        if cleared is None:
+            continue
+        labels[cleared] = 0
         for kept_probability in reduced[1:]:
-            kept_probability[outside] = 0.0
+            kept_probability[cleared] = 0.0
     probabilities = {card.segments[index - 1].name: image.with_array(reduced[1 + n])
                      for n, index in enumerate(kept_classes)} if with_probabilities else {}
     return SegmentationResult(image.with_array(labels), probabilities)

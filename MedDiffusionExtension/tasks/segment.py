@@ -51,6 +51,7 @@ class SegmentRequest(Request):
     threshold: float = 0.5  # foreground probability above which a voxel is labelled (one-segment models)
     organs: tuple[Organ, ...] = ()  # segments to keep, by key, name or label value; (): all of the card's
     body_only: bool = True  # background outside the patient's body (an arm, the table); False: wherever the model says
+    keep_far_islands: bool = False  # keep labelled regions far along the body axis from the organs (volume/islands.py)
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
@@ -59,8 +60,9 @@ class SegmentRequest(Request):
             (isinstance(o, str) and o.strip()) or (isinstance(o, int) and not isinstance(o, bool)) for o in self.organs)
         if not valid:
             raise InputError(f"organs must be a list of organ keys, names or label numbers such as liver, got {self.organs!r}")
-        if not isinstance(self.body_only, bool):
-            raise InputError(f"body_only must be true or false, got {self.body_only!r}")
+        for name in ("body_only", "keep_far_islands"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "organs", tuple(dict.fromkeys(self.organs)))  # an organ named twice is kept once
 
     # -- the organs -------------------------------------------------------------------------------------------------
@@ -134,7 +136,8 @@ class SegmentRequest(Request):
                           "runs timesteps it never saw and scores far lower, down to empty masks; run it with 1 step")
         result = segment_volume(image=image, loaded=loaded, steps=self.settings.steps,
                          samples=self.samples(card), threshold=float(self.threshold), options=options,
-                         organs=self.organ_labels(card), body_only=self.body_only)
+                         organs=self.organ_labels(card), body_only=self.body_only,
+                         keep_far_islands=self.keep_far_islands)
         outputs = {"labels": result.labels}
         for name, organ in self.probability_names(card).items():
             outputs[name] = result.probabilities[organ.name]

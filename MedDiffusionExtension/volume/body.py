@@ -7,10 +7,11 @@ the table, separated from the trunk by air, is outside it.
 
 Arms often rest against the flanks (arms down, as in trauma or when the patient cannot raise them), and then the
 arm and the trunk are one connected region. So the region is opened in-plane: eroded by LIMB_NECK_MM, which cuts
-a skin contact between an arm and the trunk narrower than twice that; in each slice the pieces left that are much smaller than the
-largest (an arm's core, beside the trunk's) are dropped; what is kept is dilated back by the same radius, inside the
-region. The trunk, wider than twice that radius everywhere, comes back whole; an arm touching it keeps at most a
-sliver along the contact. Two pieces of similar size (both thighs below the pelvis) are both kept.
+a skin contact between an arm and the trunk narrower than about twice that; in each slice the pieces left that are
+much smaller than the largest (an arm's core, beside the trunk's) are dropped; what is kept is dilated back by the
+same radius, inside the region. The trunk, wider than twice that radius everywhere, comes back whole; an arm
+touching it keeps at most a sliver along the contact. Two pieces of similar size (both thighs below the pelvis) are
+both kept.
 
 It is computed on a strided copy at about WORKING_SPACING_MM in-plane (every slice kept), grown by one working pixel
 in-plane so that it never cuts into the body, and expanded back by repetition: it reaches at most two working pixels
@@ -36,6 +37,10 @@ LIMB_NECK_MM = 25.0
 # In a slice, an opened piece under this share of the largest piece's area is a limb (an adult's upper arm is
 # about a sixth of the abdomen's cross-section); a thigh beside the other thigh is not.
 LIMB_AREA_SHARE = 0.3
+# The opening runs on a copy strided to about this pixel size (a 25 mm disk needs no finer grid; 4x fewer pixels).
+LIMB_WORKING_MM = 5.0
+# A slice spacing no in-plane distance reaches, for distances measured within each slice.
+_FAR_MM = 1e6
 # Connected within each axial slice only (array[k] is a slice): holes are filled slice by slice.
 _IN_SLICE = np.zeros((3, 3, 3), dtype=bool)
 _IN_SLICE[1] = ndimage.generate_binary_structure(2, 1)
@@ -66,9 +71,27 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_HU) -> Optional[np.ndarray]
 
 
 def _without_limbs(body: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
-    """The (k, j, i) body region opened in-plane by LIMB_NECK_MM, each slice keeping only its large pieces."""
-    disk = _in_slice_disk(LIMB_NECK_MM, pixel_mm)
-    core = ndimage.binary_erosion(body, structure=disk)
+    """The (k, j, i) body region opened in-plane by LIMB_NECK_MM, each slice keeping only its large pieces.
+
+    The opening runs on a copy strided to about LIMB_WORKING_MM (a 25 mm disk needs no finer grid); the trunk it
+    finds is cut from the full region and grown by one pixel inside it, so the skin keeps the region's resolution."""
+    step_j, step_i = (max(1, int(LIMB_WORKING_MM / size)) for size in pixel_mm)
+    if step_j == 1 and step_i == 1:
+        return _opened(body, pixel_mm, LIMB_NECK_MM)
+    coarse_mm = (pixel_mm[0] * step_j, pixel_mm[1] * step_i)
+    # Dilated back one coarse pixel short: the pixel the opening grows by to restore the skin makes up for it.
+    trunk = _opened(body[:, ::step_j, ::step_i], coarse_mm, LIMB_NECK_MM - max(coarse_mm))
+    trunk = np.repeat(np.repeat(trunk, step_j, axis=1), step_i, axis=2)[:, : body.shape[1], : body.shape[2]] & body
+    # A skin pixel whose coarse sample fell outside the body: one pixel of this grid gives it back.
+    return ndimage.binary_dilation(trunk, structure=_IN_SLICE) & body
+
+
+def _opened(body: np.ndarray, pixel_mm: tuple[float, float], back_mm: float) -> np.ndarray:
+    """The opening of _without_limbs on one grid, dilated back by back_mm (`body` itself when no piece is as wide as
+    the disk)."""
+    # Euclidean distances within each slice: across slices the spacing is made too large to ever be the nearest.
+    in_plane = (_FAR_MM, *pixel_mm)
+    core = ndimage.distance_transform_edt(body, sampling=in_plane) > LIMB_NECK_MM  # eroded by a disk
     pieces, count = ndimage.label(core, structure=_IN_SLICE)
     if count == 0:  # nothing as wide as the opening (a thin slab of tissue): nothing to tell apart
         return body
@@ -77,17 +100,11 @@ def _without_limbs(body: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarra
     largest_in_slice = np.zeros(core.shape[0])
     np.maximum.at(largest_in_slice, slice_of_piece, areas)
     keep = np.concatenate([[False], areas >= LIMB_AREA_SHARE * largest_in_slice[slice_of_piece]])
-    trunk = ndimage.binary_dilation(keep[pieces], structure=disk) & body
+    # Dilated back by the disk, inside the region.
+    trunk = (ndimage.distance_transform_edt(~keep[pieces], sampling=in_plane) <= back_mm) & body
     # The opening of a digital outline loses a pixel here and there on the skin: give it back.
     trunk = ndimage.binary_dilation(trunk, structure=_IN_SLICE) & body
     # A slice with no core at all (the body there is thinner than the opening) keeps its region as it was.
     thin = ~core.any(axis=(1, 2))
     trunk[thin] = body[thin]
     return trunk
-
-
-def _in_slice_disk(radius_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
-    """(1, h, w) structuring element: an ellipse of radius_mm on a grid of (row, column) pixel_mm."""
-    radius_j, radius_i = (max(1, int(round(radius_mm / size))) for size in pixel_mm)
-    j, i = np.ogrid[-radius_j: radius_j + 1, -radius_i: radius_i + 1]
-    return (((j * pixel_mm[0]) ** 2 + (i * pixel_mm[1]) ** 2) <= radius_mm ** 2)[None]

@@ -13,9 +13,10 @@ from ..cli import Command
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=["translation", "segmentation", "spacing", "translation-ceiling"],
-                        help="spacing: the sample case (--data-root Resources/SampleData) on several grids; "
-                             "translation-ceiling: what a perfect translator scores on a phantom set (its references "
-                             "against themselves without noise and bias field; --model sets the scale)")
+                        help="spacing: the sample case (--data-root Resources/SampleData; for CT also the first "
+                             "case of a BTCV-layout root) on several grids; translation-ceiling: what a perfect "
+                             "translator scores on a phantom set (its references against themselves without noise and "
+                             "bias field; --model sets the scale)")
     parser.add_argument("--data-root", required=True, type=Path, help="dataset root in its real layout")
     parser.add_argument("--layout", default="brats", help="MRI layout: brats | upenn | ixi (translation only)")
     parser.add_argument("--split", default="test", choices=["test", "all"], help="the paper's test split, or every case")

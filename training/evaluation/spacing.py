@@ -1,11 +1,11 @@
 """Spacing invariance: one sample case resampled to the grids scanners produce, scored on each grid.
 
-The bundled sample case (Resources/SampleData) is resampled with SimpleITK, an implementation independent of the
-engine: in-plane to finer and coarser pixels and to thick slices, each coarser axis first blurred to the new voxel
-size (a Gaussian of FWHM sqrt(new^2 - old^2), as a scanner's larger voxel averages the anatomy), label maps with
-nearest neighbour. The model runs on every grid through the task layer and is scored against the reference
-resampled to that grid; the same model with the engine's legacy fit by matrix size (card geometry without a
-spacing) gives the comparison row.
+The bundled sample case (Resources/SampleData; for CT also the first case of a BTCV-layout root) is resampled with
+SimpleITK, an implementation independent of the engine: in-plane to finer and coarser pixels and to thick slices,
+each coarser axis first blurred to the new voxel size (a Gaussian of FWHM sqrt(new^2 - old^2), as a scanner's larger
+voxel averages the anatomy), label maps with nearest neighbour. The model runs on every grid through the task layer
+and is scored against the reference resampled to that grid; the same model with the engine's legacy fit by matrix
+size (card geometry without a spacing) gives the comparison row.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedDiffusionExtension import metrics
+from MedDiffusionExtension.errors import InputError
 from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.weights import load_model
 from MedDiffusionExtension.weights.card import Geometry
@@ -68,15 +69,26 @@ def _grids(paths: dict[str, Path], grids: dict, folder: Path, labels: tuple[str,
     return out
 
 
+def _ct_case(root: Path) -> dict[str, Path]:
+    """The bundled sample CT when `root` is Resources/SampleData, else the first case of a BTCV-layout root."""
+    sample = {"image": root / "PhantomAbdomenCT.nii.gz", "label": root / "PhantomAbdomenCT-label.nii.gz"}
+    if all(path.is_file() for path in sample.values()):
+        return sample
+    from ..data.layouts import read_btcv
+
+    first = read_btcv(root)[0]
+    if "label" not in first.paths:
+        raise InputError(f"case {first.case_id} under {root} has no label file to score against")
+    return {"image": first.paths["image"], "label": first.paths["label"]}
+
+
 def evaluate_spacing(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
     task = model.card.task
     rows, results = [], {"model": f"{model.card.name} {model.card.version}", "task": task, "grids": {}}
     with tempfile.TemporaryDirectory() as folder:
         if task == "segmentation":
-            paths = {"image": args.data_root / "PhantomAbdomenCT.nii.gz",
-                     "label": args.data_root / "PhantomAbdomenCT-label.nii.gz"}
-            grids = _grids(paths, CT_GRIDS, Path(folder), ("label",))
+            grids = _grids(_ct_case(Path(args.data_root)), CT_GRIDS, Path(folder), ("label",))
         else:
             paths = {m: args.data_root / f"PhantomBrainMR-{m}.nii.gz" for m in ("t1n", "t2w", "t1c", "t2f")}
             grids = _grids(paths, MR_GRIDS, Path(folder), ())
