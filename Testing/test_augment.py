@@ -241,6 +241,30 @@ def test_truncated_field_of_view_blanks_image_and_label_together():
     assert torch.equal(out[:, ~outside], slab[0][:, ~outside])
 
 
+def test_a_cut_field_blanks_straight_bands_and_changes_no_other_draw():
+    slab = _ct_slab(slices=1)
+    cut = CTAugment(CTAcquisition.neutral(cut_probability=1.0))
+    plain = CTAugment(CTAcquisition.neutral())
+    rows, columns = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
+    fractions = []
+    for item in range(40):
+        draw = cut.draw(item_generator(0, item), size=128)
+        assert draw.cut is not None and max(draw.cut) >= 0.1  # at least one side, by 10-45 % of the field
+        assert draw.cut[0] + draw.cut[1] <= 0.6 + 1e-6 and draw.cut[2] + draw.cut[3] <= 0.6 + 1e-6
+        other = plain.draw(item_generator(0, item), size=128)
+        assert dataclasses.replace(draw, cut=None, noise=other.noise) == dataclasses.replace(other, noise=other.noise)
+        assert torch.equal(draw.noise, other.noise)
+        left, right, top, bottom = (f * 128 for f in draw.cut)
+        outside = (columns < left) | (columns > 128 - right) | (rows < top) | (rows > 128 - bottom)
+        out = cut.apply(slab.clone(), draw)
+        assert (out[0][outside] == -1).all() and (out[1][outside] == 0).all()
+        assert torch.equal(out[:, ~outside], slab[0][:, ~outside])
+        fractions += [f for f in draw.cut if f > 0]
+    assert max(fractions) <= 0.45 and len(fractions) > 40  # some items are cut on more than one side
+    # Off (the default): no item is cut.
+    assert all(CTAugment().draw(item_generator(0, item)).cut is None for item in range(40))
+
+
 def test_ct_noise_reaches_tissue_but_not_air():
     slab = _ct_slab(slices=1)
     augment = CTAugment(CTAcquisition.neutral(noise_hu=(30.0, 30.0), noise_correlation_px=(2.0, 2.0)))

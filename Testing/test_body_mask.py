@@ -59,6 +59,16 @@ def test_the_body_is_the_trunk_with_its_lungs_and_gas_without_the_arm_or_the_tab
     assert not (mask & ~grown).any()
 
 
+@pytest.mark.parametrize("pixel_mm", [0.7, 1.2, 1.4, 2.5])
+def test_the_whole_trunk_is_body_at_every_pixel_size(pixel_mm):
+    # A 200 x 220 mm trunk, wide enough to be opened: the opening and its strided grids must not cut into it.
+    size = int(round(100.0 / (0.3 * pixel_mm)))
+    volume, trunk, arm, table = torso_ct(size=size, slices=3, pixel_mm=pixel_mm)
+    mask = body_mask(volume)
+    assert mask[trunk].all()
+    assert not mask[arm].any() and not mask[table].any()
+
+
 def _touching_pieces(size, pixel_mm, main, other, slices=4):
     """(volume, main, other): two tissue ellipses, (centre, radii) in mm on a grid of pixel_mm, in every slice."""
     shape = (size, size)

@@ -94,7 +94,9 @@ def test_segmentation_evaluation_writes_tables_and_updates_the_card(tmp_path, mo
     assert 0 <= card["metrics"]["single_step"]["dice"] <= 1
     # One Dice per case and row; the card's is their mean, and a phantom set says it is synthetic.
     assert set(results["per_case_dice"]) == {row[0] for row in results["rows"]}
-    assert card["metrics"]["single_step"]["dice"] == pytest.approx(results["per_case_dice"]["SDSeg single step"][0])
+    per_case = results["per_case_dice"]["SDSeg single step"]
+    assert len(per_case) == len(results["cases"])
+    assert card["metrics"]["single_step"]["dice"] == pytest.approx(sum(per_case) / len(per_case))
     assert "synthetic abdominal CT phantoms" in card["metrics"]["measured_on"]
     assert (out / "case.png").is_file()
 

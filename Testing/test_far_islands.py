@@ -21,12 +21,13 @@ segment_module = importlib.import_module("MedDiffusionExtension.pipelines.segmen
 
 def long_scan(slices=40):
     """Canonical axial labels on 5 mm slices: the organs (slices 20-35, with a separate 'kidney' beside them on
-    12-24), a region 30 mm below the organs' span (slices 10-13) and one 60 mm below it (slices 2-7)."""
+    12-24), a region ending exactly 40 mm below the organs' first slice (slices 9-12: kept) and one ending 65 mm
+    below it (slices 2-7: far)."""
     labelled = np.zeros((slices, 24, 24), dtype=bool)
     labelled[20:36, 4:16, 4:16] = True  # the largest region
     labelled[12:25, 18:22, 18:22] = True  # overlaps the organs' span: kept
-    labelled[10:14, 18:22, 2:6] = True  # 6 slices (30 mm) below slice 20: kept
-    labelled[2:8, 2:20, 2:20] = True  # 12 slices (60 mm) below: far
+    labelled[9:13, 18:22, 2:6] = True  # last slice 12, 8 slices (40 mm) from slice 20: not more than the gap, kept
+    labelled[2:8, 2:20, 2:20] = True  # last slice 7, 13 slices (65 mm) away: far
     volume = Volume(np.zeros(labelled.shape, np.float32), np.diag([-0.8, -0.8, SLICE_MM, 1.0]))
     far = np.zeros_like(labelled)
     far[2:8, 2:20, 2:20] = True
@@ -36,7 +37,10 @@ def long_scan(slices=40):
 def test_only_regions_wholly_beyond_the_gap_are_far():
     volume, labelled, expected = long_scan()
     assert np.array_equal(far_islands(labelled, volume), expected)
-    # The gap is measured in millimetres along the body axis: at 2 mm slices the same regions lie 24 mm away.
+    # One slice further (45 mm) the kept region would be far; at 2 mm slices the far one lies only 26 mm away.
+    further = labelled.copy()
+    further[9:13, 18:22, 2:6], further[8:12, 18:22, 2:6] = False, True
+    assert far_islands(further, volume)[8:12, 18:22, 2:6].all()
     thin = Volume(volume.array, np.diag([-0.8, -0.8, 2.0, 1.0]))
     assert far_islands(labelled, thin) is None
     assert FAR_GAP_MM == 40.0
@@ -89,3 +93,28 @@ def test_the_cli_and_the_request_carry_the_choice():
         SegmentRequest(keep_far_islands="yes")
     help_text = build_parser()._subparsers._group_actions[0].choices["segment"].format_help()
     assert f"{FAR_GAP_MM:g} mm" in " ".join(help_text.split())
+
+
+@pytest.fixture(scope="module")
+def micro_organ_unet(tmp_path_factory):
+    from tiny_models import write_micro_model
+
+    return load_model(write_micro_model(tmp_path_factory.mktemp("organ_models"), "segunet", organs=[3, 6]))
+
+
+@pytest.mark.parametrize("organs", [None, [3]])
+def test_asking_for_one_organ_does_not_change_which_region_is_far(micro_organ_unet, monkeypatch, organs):
+    segments = micro_organ_unet.card.segments
+    kidney, liver = (1 + [s.label for s in segments].index(label) for label in (3, 6))  # class indices
+    classes = np.zeros((40, 24, 24), dtype=np.float32)
+    classes[20:36, 4:16, 4:16] = liver  # the largest region
+    classes[22:31, 18:22, 18:22] = kidney  # the left kidney beside it
+    classes[2:10, 4:12, 4:12] = kidney  # a larger 'kidney' 55 mm below the organs: a false one, far
+    scan = Volume(np.where(classes > 0, 40.0, -1000.0).astype(np.float32), np.diag([-0.8, -0.8, SLICE_MM, 1.0]))
+    monkeypatch.setattr(segment_module, "run_slicewise", lambda *args, **kwargs: classes[None].copy())
+    result = segment_module.segment(image=scan, loaded=micro_organ_unet, options=RunOptions(device="cpu"),
+                                    organs=organs, body_only=False)
+    labels = result.labels.array
+    assert (labels[22:31, 18:22, 18:22] == 3).all()  # the true kidney kept, whatever was asked for
+    assert not labels[2:10].any()  # the far false one gone
+    assert (labels[20:36, 4:16, 4:16] == (0 if organs == [3] else 6)).all()

@@ -11,7 +11,7 @@ import pytest
 from conftest import axial_volume, restored
 
 from MedDiffusionExtension.errors import InputError
-from MedDiffusionExtension.volume import AxialReorientation, read_volume, write_volume
+from MedDiffusionExtension.volume import AxialReorientation, Volume, read_volume, write_volume
 from training.data.layouts import read_btcv
 from training.data.totalsegmentator import (
     BTCV_FROM_TOTALSEGMENTATOR, TOTALSEGMENTATOR_NUMBERS, LabelledCT, import_cases,
@@ -69,13 +69,46 @@ def test_a_folder_of_per_structure_masks_is_combined(tmp_path):
     assert np.array_equal(read_volume(tmp_path / "out" / "label" / "label0007.nii.gz").array, expected)
 
 
+def test_masks_on_different_grids_and_a_case_number_below_one_are_refused(tmp_path):
+    ct, reference, _ = _ct_and_reference()
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    masks = tmp_path / "segmentations"
+    write_volume(reference.with_array((reference.array == 5).astype(np.uint8)), masks / "liver.nii.gz", np.uint8)
+    shifted = Volume((reference.array == 52).astype(np.uint8), reference.ijk_to_ras + np.diag([0, 0, 0, 0]) +
+                     np.pad(np.full((3, 1), 1.0), ((0, 1), (3, 0))))
+    write_volume(shifted, masks / "aorta.nii.gz", np.uint8)
+    with pytest.raises(InputError, match="not on the grid of the other masks"):
+        import_cases([LabelledCT(tmp_path / "ct.nii.gz", masks)], tmp_path / "out")
+    with pytest.raises(InputError, match="at least 1"):
+        import_cases([LabelledCT(tmp_path / "ct.nii.gz", masks)], tmp_path / "out", first_number=0)
+    assert not list(tmp_path.glob("out/**/*.nii.gz"))
+
+
 def test_every_btcv_organ_has_its_totalsegmentator_numbers():
     assert sorted(BTCV_FROM_TOTALSEGMENTATOR) == list(range(1, 14))
     names = [name for group in BTCV_FROM_TOTALSEGMENTATOR.values() for name in group]
     assert sorted(names) == sorted(TOTALSEGMENTATOR_NUMBERS) and len(set(TOTALSEGMENTATOR_NUMBERS.values())) == 15
 
 
-@pytest.mark.parametrize("problem", ["not_totalsegmentator", "no_organ", "elsewhere", "existing"])
+def test_a_label_map_with_its_label_table_is_read_by_name(tmp_path):
+    # Another numbering (aorta 7, liver 5, the heart 51), named in the table TotalSegmentator writes into the header.
+    ct, _, _ = _ct_and_reference()
+    labels = np.zeros(ct.shape, dtype=np.uint8)
+    labels[1:7, 4:20, 4:18], labels[:, 30:36, 20:26], labels[6:, 2:8, 28:34] = 5, 7, 51
+    table = b"".join(b'<Label Key="%d" Red="1"><![CDATA[%s]]></Label>\n' % (key, name)
+                     for key, name in ((5, b"liver"), (7, b"aorta"), (51, b"heart")))
+    image = nib.Nifti1Image(labels.T.copy(), ct.ijk_to_ras)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(0, b"<CaretExtension><LabelTable>" + table +
+                                                              b"</LabelTable></CaretExtension>"))
+    nib.save(image, str(tmp_path / "seg.nii.gz"))
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    import_cases([LabelledCT(tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz")], tmp_path / "out")
+    expected = np.select([labels == 5, labels == 7], [6, 8], 0)  # by v2's numbers 7 would have been the pancreas
+    assert np.array_equal(read_volume(tmp_path / "out" / "label" / "label0001.nii.gz").array, expected)
+
+
+@pytest.mark.parametrize("problem", ["not_totalsegmentator", "fractional", "no_organ", "elsewhere", "half_covered",
+                                     "existing"])
 def test_bad_pairs_are_refused_and_nothing_is_written(tmp_path, problem):
     ct, reference, _ = _ct_and_reference()
     write_volume(ct, tmp_path / "ct.nii.gz")
@@ -84,6 +117,11 @@ def test_bad_pairs_are_refused_and_nothing_is_written(tmp_path, problem):
     bad = tmp_path / "bad.nii.gz"
     if problem == "not_totalsegmentator":
         write_volume(reference.with_array(reference.array.astype(np.int16) * 10), bad, np.int16)
+    elif problem == "fractional":
+        write_volume(reference.with_array(reference.array.astype(np.float32) + 0.5), bad, np.float32)
+    elif problem == "half_covered":  # the reference of the CT's lower half only
+        half = Volume(reference.array[:4].copy(), reference.ijk_to_ras)
+        write_volume(half, bad, np.uint8)
     elif problem == "no_organ":
         write_volume(reference.with_array((reference.array == 51).astype(np.uint8) * 51), bad, np.uint8)
     elif problem == "elsewhere":  # the reference of another scan, 2 m away

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "roundtrip": "training.evaluation.roundtrip:COMMAND",
     "phantoms": "training.phantoms.cli:COMMAND",
     "import-totalsegmentator": "training.data.totalsegmentator_cli:COMMAND",
+    "cut-field": "training.data.field_cut_cli:COMMAND",
     "bench": "training.bench:COMMAND",
 }
 

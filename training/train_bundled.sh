@@ -15,6 +15,7 @@
 #   bash training/train_bundled.sh [organs-v6|eval-organs-v6]   organ SDSeg 0.4.0: trained alone longer (below)
 #   bash training/train_bundled.sh [data-lesions|eval-lesions]   lesion stress sets, the union model on them (below)
 #   bash training/train_bundled.sh [data-real-ct|eval-real-ct]   two public real CTs, both CT models on them (below)
+#   bash training/train_bundled.sh [sdseg-v10|data-cut|eval-v10-val|eval-v10]   union SDSeg 0.10.0: cut fields (below)
 #   bash training/train_bundled.sh [organs-v2-onehot|organs-v3|organs-v3-unet|edts-v2|...]   see each section
 #   (FROM=<stage> skips the stages before it)
 # Stages run one after another; each stage starts from the previous stage's exported model folder.
@@ -444,6 +445,89 @@ if [[ $what == eval-real-ct ]]; then
       --out docs/evaluation/sdseg-organs-real-ct --command-note "$REAL_CT_NOTE"
   fi
   if part real-grids; then  # the DICOM case (0001) resampled to other pixel sizes and to 5 mm slices
+    "$PY" -m training evaluate spacing --data-root data/real_ct_totalseg --model sdseg-tiny-phantom \
+      --out docs/evaluation/spacing/sdseg-real-ct --precision fp32
+  fi
+fi
+# 0.10.0 (sdseg-v10): 0.9.0 trained further the same way on the same subjects, with fields cut by straight edges
+# through the body in a quarter of the training slices (augment cut_probability 0.25: each side cut with probability
+# 1/2 by 10-45 % of the field, opposite sides together at most 60 %). The reason: the real 3 mm CT (data-real-ct,
+# 0002) with 40 % of its width cropped away, as a targeted reconstruction or a stored crop leaves it, fell from
+# 0.852 to 0.568 with 0.9.0, whole slices left empty; training had only ever cut the field by a centred circle.
+# data-cut writes the stress sets: the shifted phantoms and both real CTs with 40 % of the field removed on the
+# patient's left (the side a right-sided targeted reconstruction loses) and, for the phantoms, on the right.
+# eval-v10-val chooses between 0.10.0 and 0.9.0 on the validation subjects; eval-v10 writes the reports.
+SDSEG_V10_SECONDS=${SDSEG_V10_SECONDS:-3000}
+SDSEG_V9_COMMIT=0ef8afe  # the commit that bundled 0.9.0: the start of sdseg-v10
+if [[ $what == sdseg-v10 ]]; then
+  v9="$RUNS/sdseg-0.9.0-bundled"
+  bundled_at "$SDSEG_V9_COMMIT" "$v9"
+  train --recipe sdseg --set data_root=data/btcv_phantoms_v9 --set cache_dir=cache/sdseg-v9 --set version=0.10.0 \
+    --optimizer adamw --lr-schedule cosine --set stage=ldm --set init="$v9" --set finetune=true --set latent_targets=false \
+    --set train_mask_decoder=true --set mask_loss_weight=10.0 --set last_step_fraction=1.0 \
+    --set 'augment={"cut_probability": 0.25}' --out-dir "$RUNS/sdseg-v10" \
+    --batch-size 8 --lr 1e-4 --warmup-steps 20 --max-steps 100000 --fit-to-budget 20 --time-budget "$SDSEG_V10_SECONDS" \
+    --device cpu
+  export_model "$RUNS/sdseg-v10" "$RUNS/sdseg-v10-tiny-phantom" --raw-weights --dtype float16 --inference-only
+fi
+if [[ $what == data-cut ]]; then
+  for side in left right; do
+    "$PY" -m training cut-field --data-root data/btcv_phantoms_shifted --out "data/btcv_phantoms_shifted_cut_$side" \
+      --remove "$side" --fraction 0.4
+  done
+  "$PY" -m training cut-field --data-root data/real_ct_totalseg --out data/real_ct_totalseg_cut_left --remove left \
+    --fraction 0.4
+fi
+if [[ $what == eval-v10-val ]]; then
+  "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --precision fp32 \
+    --model "$RUNS/sdseg-v10-tiny-phantom" --compare "$RUNS/sdseg-0.9.0-bundled" --out "$RUNS/eval-v10-val" \
+    --command-note "Validation phantoms (data-v8)."
+fi
+if [[ $what == eval-v10 ]]; then
+  # After the export was copied to Resources/Models (card fields default, description, inference carried over);
+  # 0.9.0, its start, as a row of every report (sdseg-v10 extracted it).
+  seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 \
+    --compare "$RUNS/sdseg-0.9.0-bundled" "$@"; }
+  if part sdseg-in; then
+    seg --data-root data/btcv_phantoms_v2 --out docs/evaluation/sdseg \
+      --command-note "Phantoms of randomized acquisitions (profile train)."
+  fi
+  if part sdseg-shifted; then
+    seg --data-root data/btcv_phantoms_shifted --split all --out docs/evaluation/sdseg-shifted \
+      --card-key shifted --command-note "Held-out acquisitions (profile shifted), other subjects."
+  fi
+  if part sdseg-oral; then
+    seg --data-root data/btcv_phantoms_shifted_oral --split all --out docs/evaluation/sdseg-shifted-oral \
+      --card-key shifted_oral_contrast --command-note "The held-out acquisitions (profile shifted) with positive oral contrast: stomach, duodenum and small bowel fluid at 250 HU (--oral-contrast 250); otherwise the same cases as sdseg-shifted."
+  fi
+  if part sdseg-pelvis; then
+    seg --data-root data/btcv_phantoms_pelvis --split all --out docs/evaluation/sdseg-pelvis \
+      --card-key abdomen_pelvis --command-note "Abdomen-pelvis scans (data-v9: --pelvis, profile train, oral contrast in about half), other subjects than training."
+  fi
+  if part sdseg-pelvis-shifted; then
+    seg --data-root data/btcv_phantoms_pelvis_shifted --split all \
+      --out docs/evaluation/sdseg-pelvis-shifted --card-key abdomen_pelvis_shifted \
+      --command-note "The shifted set's subjects and scanners, scanned abdomen-pelvis (data-v9: --pelvis, profile shifted)."
+  fi
+  for side in left right; do
+    if part "sdseg-cut-$side"; then
+      seg --data-root "data/btcv_phantoms_shifted_cut_$side" --split all \
+        --out "docs/evaluation/sdseg-shifted-cut-$side" --card-key "shifted_cut_$side" \
+        --command-note "The shifted set with 40 % of the field removed on the patient's $side (data-cut)."
+    fi
+  done
+  if part real-union; then
+    seg --data-root data/real_ct_totalseg --split all --outside-body-row --card-key real_ct \
+      --out docs/evaluation/sdseg-real-ct --command-note "$REAL_CT_NOTE"
+  fi
+  if part real-cut; then
+    seg --data-root data/real_ct_totalseg_cut_left --split all --card-key real_ct_cut_left \
+      --out docs/evaluation/sdseg-real-ct-cut-left \
+      --command-note "The two real CTs (data-real-ct) with 40 % of the field removed on the patient's left (data-cut)."
+  fi
+  if part sdseg-grids; then
+    "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
+      --out docs/evaluation/spacing/sdseg --precision fp32
     "$PY" -m training evaluate spacing --data-root data/real_ct_totalseg --model sdseg-tiny-phantom \
       --out docs/evaluation/spacing/sdseg-real-ct --precision fp32
   fi

@@ -91,9 +91,12 @@ def segment(
     for index in kept_classes:
         class_to_label[index] = card.segments[index - 1].label
     labels = class_to_label[reduced[0].astype(np.intp)]
+    # Islands are judged on every organ the model labelled, not only the kept ones: asking for one organ must not
+    # make its true region the far one beside a larger false one.
+    labelled = reduced[0] > 0
     if outside is not None:
-        labels[outside] = 0
-    far = None if keep_far_islands else far_islands(labels > 0, image)
+        labelled &= ~outside
+    far = None if keep_far_islands else far_islands(labelled, image)
     for cleared in (outside, far):  # the kept organs' probabilities too
         if cleared is None:
             continue

@@ -53,42 +53,48 @@ def body_mask(ct: Volume, threshold_hu: float = BODY_HU) -> Optional[np.ndarray]
     """
     orientation = AxialReorientation.for_volume(ct)
     axial = orientation.apply(np.asarray(ct.array))
-    spacing_i, spacing_j = np.linalg.norm(orientation.axial_ijk_to_ras()[:3, :2], axis=0)
-    step_j = max(1, int(WORKING_SPACING_MM / spacing_j))
-    step_i = max(1, int(WORKING_SPACING_MM / spacing_i))
-    coarse = axial[:, ::step_j, ::step_i] > threshold_hu
+    pixel_mm = tuple(np.linalg.norm(orientation.axial_ijk_to_ras()[:3, :2], axis=0)[::-1])  # (j, i)
+    steps = _steps(pixel_mm, WORKING_SPACING_MM)
+    coarse = axial[:, :: steps[0], :: steps[1]] > threshold_hu
     if not coarse.any():
         return None
     filled = ndimage.binary_fill_holes(coarse, structure=_IN_SLICE)
     components, count = ndimage.label(filled)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     sizes[0] = 0
-    body = _without_limbs(components == int(sizes.argmax()), (step_j * spacing_j, step_i * spacing_i))
-    if step_i > 1 or step_j > 1:  # a skin pixel of the full grid may fall between the strided samples
+    body = _without_limbs(components == int(sizes.argmax()), (pixel_mm[0] * steps[0], pixel_mm[1] * steps[1]))
+    if steps != (1, 1):  # a skin pixel of the full grid may fall between the strided samples
         body = ndimage.binary_dilation(body, structure=_IN_SLICE)
-    full = np.repeat(np.repeat(body, step_j, axis=1), step_i, axis=2)[:, : axial.shape[1], : axial.shape[2]]
-    return np.ascontiguousarray(orientation.invert(full))
+    return np.ascontiguousarray(orientation.invert(_repeated(body, steps, axial.shape)))
+
+
+def _steps(pixel_mm: tuple[float, float], working_mm: float) -> tuple[int, int]:
+    """In-plane strides (j, i) that bring pixels of pixel_mm to about working_mm (never finer than they are)."""
+    return tuple(max(1, int(working_mm / size)) for size in pixel_mm)
+
+
+def _repeated(coarse: np.ndarray, steps: tuple[int, int], shape) -> np.ndarray:
+    """A strided (k, j, i) mask expanded back onto the (k, j, i) `shape` it was strided from."""
+    full = np.repeat(np.repeat(coarse, steps[0], axis=1), steps[1], axis=2)
+    return full[:, : shape[1], : shape[2]]
 
 
 def _without_limbs(body: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     """The (k, j, i) body region opened in-plane by LIMB_NECK_MM, each slice keeping only its large pieces.
 
-    The opening runs on a copy strided to about LIMB_WORKING_MM (a 25 mm disk needs no finer grid); the trunk it
-    finds is cut from the full region and grown by one pixel inside it, so the skin keeps the region's resolution."""
-    step_j, step_i = (max(1, int(LIMB_WORKING_MM / size)) for size in pixel_mm)
-    if step_j == 1 and step_i == 1:
-        return _opened(body, pixel_mm, LIMB_NECK_MM)
-    coarse_mm = (pixel_mm[0] * step_j, pixel_mm[1] * step_i)
-    # Dilated back one coarse pixel short: the pixel the opening grows by to restore the skin makes up for it.
-    trunk = _opened(body[:, ::step_j, ::step_i], coarse_mm, LIMB_NECK_MM - max(coarse_mm))
-    trunk = np.repeat(np.repeat(trunk, step_j, axis=1), step_i, axis=2)[:, : body.shape[1], : body.shape[2]] & body
-    # A skin pixel whose coarse sample fell outside the body: one pixel of this grid gives it back.
-    return ndimage.binary_dilation(trunk, structure=_IN_SLICE) & body
+    The opening runs on a copy strided to about LIMB_WORKING_MM (a 25 mm disk needs no finer grid). What it removes
+    there (a limb) is removed from the full region, block by block; nothing else is, so the skin and every slice the
+    opening leaves alone keep the region's own pixels."""
+    steps = _steps(pixel_mm, LIMB_WORKING_MM)
+    coarse = body[:, :: steps[0], :: steps[1]]
+    removed = coarse & ~_opened(coarse, (pixel_mm[0] * steps[0], pixel_mm[1] * steps[1]))
+    if not removed.any():
+        return body
+    return body & ~_repeated(removed, steps, body.shape)
 
 
-def _opened(body: np.ndarray, pixel_mm: tuple[float, float], back_mm: float) -> np.ndarray:
-    """The opening of _without_limbs on one grid, dilated back by back_mm (`body` itself when no piece is as wide as
-    the disk)."""
+def _opened(body: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """The opening of _without_limbs on one grid (`body` itself when no piece is as wide as the disk)."""
     # Euclidean distances within each slice: across slices the spacing is made too large to ever be the nearest.
     in_plane = (_FAR_MM, *pixel_mm)
     core = ndimage.distance_transform_edt(body, sampling=in_plane) > LIMB_NECK_MM  # eroded by a disk
@@ -101,7 +107,7 @@ def _opened(body: np.ndarray, pixel_mm: tuple[float, float], back_mm: float) -> 
     np.maximum.at(largest_in_slice, slice_of_piece, areas)
     keep = np.concatenate([[False], areas >= LIMB_AREA_SHARE * largest_in_slice[slice_of_piece]])
     # Dilated back by the disk, inside the region.
-    trunk = (ndimage.distance_transform_edt(~keep[pieces], sampling=in_plane) <= back_mm) & body
+    trunk = (ndimage.distance_transform_edt(~keep[pieces], sampling=in_plane) <= LIMB_NECK_MM) & body
     # The opening of a digital outline loses a pixel here and there on the skin: give it back.
     trunk = ndimage.binary_dilation(trunk, structure=_IN_SLICE) & body
     # A slice with no core at all (the body there is thinner than the opening) keeps its region as it was.

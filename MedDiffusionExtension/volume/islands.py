@@ -3,10 +3,11 @@
 A slice model labels each axial slice on its own. In the pelvis of an abdomen-pelvis CT, or the chest of a longer
 one, it can take a full bladder or a muscle for an organ on the slices where they look like one. The abdominal
 organs form one mass along the body axis: each of them overlaps the slices of the largest labelled region (the
-liver with its neighbours) or lies close to them, on every reference segmentation of the phantom and real test sets
-here. So a connected labelled region lying wholly more than FAR_GAP_MM above or below that span of slices is
-background. What it can take away: an organ far from the others, such as a kidney transplanted into the pelvis
-when nothing labelled (the aorta) reaches down towards it; the segment command keeps such islands on request.
+liver with its neighbours) or lies close to them (on the references of the phantom and real test sets here every
+region overlaps them; in the training phantoms the farthest lies 12 mm off). So a connected labelled region lying
+wholly more than FAR_GAP_MM above or below that span of slices is background. What it can take away: an organ
+labelled far from the largest region's slices, such as a kidney transplanted into the pelvis; the segment command
+keeps such islands on request.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ with one parameter dataclass per modality whose ranges are documented field by f
 - CT (`CTAcquisition`, channels [image windowed to [-1, 1], BTCV label map]): contrast phase and per-organ HU from
   the label map, tissue HU jitter, slice thickness (partial volume over neighbouring cached slices), body size and
   position, in-plane acquisition spacing, reconstruction kernel (sharpen/blur, correlated noise), truncated field of
-  view. The label map is only ever moved with nearest-neighbour sampling.
+  view (a reconstruction circle, or straight cuts through the body). The label map is only ever moved with
+  nearest-neighbour sampling.
 - MRI (`MRIAcquisition`, channels [sources..., targets...], each percentile-normalized to [-1, 1], background -1):
   per-channel contrast curve (gamma), smooth bias field, Rician noise, in-plane spacing, slice thickness, field of view
   (scale / shift / rotation / crop, identical for every channel) and a small rigid misalignment of the later source
@@ -52,6 +53,7 @@ PHASE_HU = {
 SOFT_TISSUE_HU = 40.0  # the fixed point of the unlabelled-tissue contrast scale
 _SATURATED = 1e-3  # window units: pixels this close to -1 / +1 lie outside the window (air, fat, bone) and stay there
 _DRAWS = 64  # uniform numbers drawn per item (at least), in a fixed order: switching one operation off never shifts another
+MAX_OPPOSITE_CUT = 0.6  # a field cut on two opposite sides keeps at least 40 % of its width between them
 
 
 Range = tuple[float, float]
@@ -93,6 +95,12 @@ class CTAcquisition:
     fov_probability: float = 0.3
     fov_diameter_mm: Range = (250.0, 500.0)
     fov_offset: float = 0.1
+    # a field cut by straight edges through the body, as a stored crop or a reconstruction targeted off the body's
+    # centre (one kidney, the liver) leaves it: with cut_probability each side of the field is cut with probability
+    # 1/2 (at least one side), by a fraction in cut_fraction of the field; outside it image -1 and label 0, as the
+    # engine pads a small field with air. Off by default, so the recipes of earlier models draw what they drew.
+    cut_probability: float = 0.0
+    cut_fraction: Range = (0.1, 0.45)
 
     @classmethod
     def neutral(cls, **changes) -> "CTAcquisition":
@@ -194,6 +202,7 @@ class CTDraw:
     fov_diameter_mm: float | None  # None: the whole field of view
     fov_centre: tuple[float, float]  # (x, y) offsets, fractions of the field of view
     noise: torch.Tensor = field(repr=False)  # (m, m) standard normal, m = noise_grid(S, noise_correlation_px)
+    cut: tuple[float, float, float, float] | None = None  # (left, right, top, bottom) fractions cut; None: no cut
 
 
 @dataclass
@@ -357,6 +366,15 @@ def bias_field(coefficients: Sequence[float], strength: float, size: int, order:
 _CIRCLES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def _field_cut(fractions: list[float], most: float = MAX_OPPOSITE_CUT) -> tuple[float, float, float, float]:
+    """(left, right, top, bottom) fractions, each opposite pair scaled down to leave at least 1 - `most` between."""
+    for first, second in ((0, 1), (2, 3)):
+        total = fractions[first] + fractions[second]
+        if total > most:
+            fractions[first], fractions[second] = fractions[first] * most / total, fractions[second] * most / total
+    return tuple(fractions)
+
+
 def _pixel_centres(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if size not in _CIRCLES:
         axis = torch.arange(size, dtype=torch.float32) + 0.5
@@ -421,9 +439,17 @@ class CTAugment(_Augment):
         noise_hu, correlation = u(*p.noise_hu), u(*p.noise_correlation_px)
         fov_roll, diameter = u(), u(*p.fov_diameter_mm)
         centre = (u.symmetric(p.fov_offset), u.symmetric(p.fov_offset))
+        # Drawn after every earlier draw: the cut changes none of them, on or off.
+        cut_roll, forced_side = u(), u()
+        sides, fractions = [u() < 0.5 for _ in range(4)], [u(*p.cut_fraction) for _ in range(4)]
+        cut = None
+        if cut_roll < p.cut_probability:
+            sides[min(int(forced_side * 4), 3)] = True  # at least one side
+            cut = _field_cut([f if side else 0.0 for side, f in zip(sides, fractions)])
         noise = torch.randn(noise_grid(size, correlation), noise_grid(size, correlation), generator=generator)
         return CTDraw(phase, enhancement, offsets, tissue_scale, tissue_offset, thickness, scale, rotation, shift, in_plane,
-                      sharpen, noise_hu, correlation, diameter if fov_roll < p.fov_probability else None, centre, noise)
+                      sharpen, noise_hu, correlation, diameter if fov_roll < p.fov_probability else None, centre, noise,
+                      cut)
 
     def apply(self, slab: torch.Tensor, draw: CTDraw, slice_distance_mm: float | None = None) -> torch.Tensor:
         p = self.params
@@ -457,6 +483,13 @@ class CTAugment(_Augment):
             cy, cx = size * (0.5 + draw.fov_centre[1]), size * (0.5 + draw.fov_centre[0])
             radius_px = draw.fov_diameter_mm / 2.0 / p.spacing_mm
             outside = (rows - cy) ** 2 + (columns - cx) ** 2 > radius_px ** 2
+            image = image.masked_fill(outside, -1.0)
+            label = label.masked_fill(outside, 0.0)
+        if draw.cut is not None:
+            size = image.shape[-1]
+            rows, columns = _pixel_centres(size)
+            left, right, top, bottom = (fraction * size for fraction in draw.cut)
+            outside = (columns < left) | (columns > size - right) | (rows < top) | (rows > size - bottom)
             image = image.masked_fill(outside, -1.0)
             label = label.masked_fill(outside, 0.0)
         return torch.stack([image.clamp(-1.0, 1.0), label])

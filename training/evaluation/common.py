@@ -70,6 +70,11 @@ def evaluation_precision(precision: str) -> Iterator[None]:
         _PRECISION.reset(token)
 
 
+def current_precision() -> str:
+    """The precision of the evaluation running now (evaluation_precision), "auto" outside one."""
+    return _PRECISION.get()
+
+
 def run_model(loaded, inputs: dict, *, device: str, batch_size: int, seed: int = 0, steps=None, samples: int = 1,
               **task_options) -> dict:
     """Output name -> Volume of `loaded` on `inputs` (Volumes named as the model's inputs), through the same task

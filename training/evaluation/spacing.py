@@ -24,7 +24,7 @@ from MedDiffusionExtension.volume import read_volume
 from MedDiffusionExtension.weights import load_model
 from MedDiffusionExtension.weights.card import Geometry
 
-from .common import markdown_table, run_model, timed
+from .common import current_precision, markdown_table, run_model, timed
 from .translation import _unit
 
 FWHM_PER_SIGMA = 2.3548
@@ -111,10 +111,16 @@ def evaluate_spacing(args: argparse.Namespace) -> dict:
             markdown_table(header, rows), "",
             f"Spread over the grids: spacing-aware {results['spacing-aware spread']:.4f}, "
             f"legacy {results['legacy matrix fit spread']:.4f}.", "",
-            f"Command: `python -m training evaluate spacing --data-root {args.data_root} --model {args.model} --out {args.out}`"]
+            f"Command: `python -m training evaluate spacing --data-root {args.data_root} --model {args.model} --out {args.out}"
+            f"{_precision_option()}`"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     return results
+
+
+def _precision_option() -> str:
+    precision = current_precision()
+    return "" if precision == "auto" else f" --precision {precision}"
 
 
 def _score(loaded, volumes: dict, args) -> dict:
