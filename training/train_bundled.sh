@@ -429,8 +429,8 @@ if [[ $what == data-real-ct ]]; then
   echo "$TOTALSEGMENTATOR_SHA256  $source_dir/$TOTALSEGMENTATOR_SDIST" | sha256sum --check --quiet
   tar -xzf "$source_dir/$TOTALSEGMENTATOR_SDIST" -C "$source_dir" totalsegmentator-2.18.0/tests/reference_files
   files="$source_dir/totalsegmentator-2.18.0/tests/reference_files"
-  "$PY" -m training import-totalsegmentator --out data/real_ct_totalseg \
-    --case "$files/example_ct_dicom" "$files/example_seg_dicom.nii.gz" \
+  [[ -f data/real_ct_totalseg/label/label0002.nii.gz ]] || "$PY" -m training import-totalsegmentator \
+    --out data/real_ct_totalseg --case "$files/example_ct_dicom" "$files/example_seg_dicom.nii.gz" \
     --case "$files/example_ct_sm.nii.gz" "$files/example_seg.nii.gz"
 fi
 if [[ $what == eval-real-ct ]]; then
@@ -455,7 +455,7 @@ fi
 # 0002) with 40 % of its width cropped away, as a targeted reconstruction or a stored crop leaves it, fell from
 # 0.852 to 0.568 with 0.9.0, whole slices left empty; training had only ever cut the field by a centred circle.
 # data-cut writes the stress sets: the shifted phantoms and both real CTs with 40 % of the field removed on the
-# patient's left (the side a right-sided targeted reconstruction loses) and, for the phantoms, on the right.
+# patient's left (the side a right-sided targeted reconstruction loses) or right.
 # eval-v10-val chooses between 0.10.0 and 0.9.0 on the validation subjects; eval-v10 writes the reports.
 SDSEG_V10_SECONDS=${SDSEG_V10_SECONDS:-3000}
 SDSEG_V9_COMMIT=0ef8afe  # the commit that bundled 0.9.0: the start of sdseg-v10
@@ -472,11 +472,13 @@ if [[ $what == sdseg-v10 ]]; then
 fi
 if [[ $what == data-cut ]]; then
   for side in left right; do
-    "$PY" -m training cut-field --data-root data/btcv_phantoms_shifted --out "data/btcv_phantoms_shifted_cut_$side" \
-      --remove "$side" --fraction 0.4
+    [[ -d data/btcv_phantoms_shifted_cut_$side ]] || "$PY" -m training cut-field --data-root data/btcv_phantoms_shifted \
+      --out "data/btcv_phantoms_shifted_cut_$side" --remove "$side" --fraction 0.4
   done
-  "$PY" -m training cut-field --data-root data/real_ct_totalseg --out data/real_ct_totalseg_cut_left --remove left \
-    --fraction 0.4
+  for side in left right; do
+    [[ -d data/real_ct_totalseg_cut_$side ]] || "$PY" -m training cut-field --data-root data/real_ct_totalseg \
+      --out "data/real_ct_totalseg_cut_$side" --remove "$side" --fraction 0.4
+  done
 fi
 if [[ $what == eval-v10-val ]]; then
   "$PY" -m training evaluate segmentation --data-root data/btcv_phantoms_val --split all --core --precision fp32 \
@@ -520,10 +522,20 @@ if [[ $what == eval-v10 ]]; then
     seg --data-root data/real_ct_totalseg --split all --outside-body-row --card-key real_ct \
       --out docs/evaluation/sdseg-real-ct --command-note "$REAL_CT_NOTE"
   fi
-  if part real-cut; then
-    seg --data-root data/real_ct_totalseg_cut_left --split all --card-key real_ct_cut_left \
-      --out docs/evaluation/sdseg-real-ct-cut-left \
-      --command-note "The two real CTs (data-real-ct) with 40 % of the field removed on the patient's left (data-cut)."
+  for side in left right; do
+    if part "real-cut-$side"; then
+      seg --data-root "data/real_ct_totalseg_cut_$side" --split all --card-key "real_ct_cut_$side" \
+        --out "docs/evaluation/sdseg-real-ct-cut-$side" \
+        --command-note "The two real CTs (data-real-ct) with 40 % of the field removed on the patient's $side (data-cut)."
+    fi
+  done
+  if part sdseg-lesions; then
+    seg --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-lesions --card-key lesions \
+      --command-note "$LESIONS_NOTE"
+  fi
+  if part sdseg-lesions-shifted; then
+    seg --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-lesions-shifted \
+      --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
   fi
   if part sdseg-grids; then
     "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
