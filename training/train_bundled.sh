@@ -401,8 +401,8 @@ if [[ $what == data-lesions ]]; then
   "$PY" -m training phantoms btcv --out data/btcv_phantoms_shifted_lesions --n 6 --seed 1000 --acquisition shifted \
     --lesions --workers 2
 fi
-if [[ $what == eval-lesions ]]; then
-  seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
+# lesion_reports: the two lesion reports of the union model, run by the caller's seg (eval-lesions, eval-v10)
+lesion_reports() {
   if part sdseg-lesions; then
     seg --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-lesions --card-key lesions \
       --command-note "$LESIONS_NOTE"
@@ -411,6 +411,11 @@ if [[ $what == eval-lesions ]]; then
     seg --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-lesions-shifted \
       --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
   fi
+  return 0
+}
+if [[ $what == eval-lesions ]]; then
+  seg() { "$PY" -m training evaluate segmentation --model sdseg-tiny-phantom --core --update-card --precision fp32 "$@"; }
+  lesion_reports
 fi
 # Real CTs (data-real-ct, eval-real-ct): the two public abdominal CTs with reference segmentations that
 # TotalSegmentator's source package on PyPI carries among its test files (version and checksum pinned; fetched
@@ -529,14 +534,7 @@ if [[ $what == eval-v10 ]]; then
         --command-note "The two real CTs (data-real-ct) with 40 % of the field removed on the patient's $side (data-cut)."
     fi
   done
-  if part sdseg-lesions; then
-    seg --data-root data/btcv_phantoms_v2_lesions --out docs/evaluation/sdseg-lesions --card-key lesions \
-      --command-note "$LESIONS_NOTE"
-  fi
-  if part sdseg-lesions-shifted; then
-    seg --data-root data/btcv_phantoms_shifted_lesions --split all --out docs/evaluation/sdseg-lesions-shifted \
-      --card-key lesions_shifted --command-note "$LESIONS_SHIFTED_NOTE"
-  fi
+  lesion_reports
   if part sdseg-grids; then
     "$PY" -m training evaluate spacing --data-root Resources/SampleData --model sdseg-tiny-phantom \
       --out docs/evaluation/spacing/sdseg --precision fp32
